@@ -1,0 +1,55 @@
+"""``maild cases``: list and show cases."""
+
+from __future__ import annotations
+
+import click
+
+from maild import views
+from maild.cli.state import State, pass_state, print_json, print_table
+from maild.db import transaction
+
+
+@click.group("cases")
+def command() -> None:
+    """List and inspect cases."""
+
+
+@command.command("list")
+@click.option("--queue", help="Only cases in this queue.")
+@click.option("--status", help="A status (Active, Resolved, Cancelled) or a status reason (On Hold).")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def list_(state: State, queue: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """List cases, newest first."""
+    with transaction(state.app.factory) as session:
+        rows = views.list_cases(session, queue=queue, status=status, limit=limit)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["reference", "status", "status_reason", "queue", "priority", "customer_email", "title",
+                           "created_at"], "no cases")
+
+
+@command.command("show")
+@click.argument("reference")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def show(state: State, reference: str, as_json: bool) -> None:
+    """Show a case with its activities."""
+    with transaction(state.app.factory) as session:
+        view = views.show_case(session, reference)
+    if as_json:
+        print_json(view)
+        return
+    for key in ("reference", "title", "status", "status_reason", "queue", "priority", "customer_email", "owner",
+                "created_at", "first_response_at", "resolved_at", "previous_case", "merged_into"):
+        if view.get(key) is not None:
+            click.echo(f"{key.replace('_', ' ') + ':':<19} {view[key]}")
+    for act in view["activities"]:
+        click.echo(f"\n--- {act['kind'].replace('_', ' ')} {act['created_at']}  from {act['from']}  to {act['to']}")
+        click.echo(f"    subject: {act['subject']}")
+        for att in act["attachments"]:
+            click.echo(f"    attachment: {att['filename']!r} ({att['content_type']}, {att['size']} bytes)")
+        click.echo("")
+        click.echo((act["text"] or "").rstrip())

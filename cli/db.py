@@ -1,0 +1,35 @@
+"""``maild db``: create and migrate the database schema."""
+
+from __future__ import annotations
+
+import click
+
+from maild import db
+from maild.cli.state import State, pass_state
+
+
+@click.group("db")
+def command() -> None:
+    """Create, migrate and inspect the database schema."""
+
+
+@command.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_state
+def upgrade(state: State, revision: str) -> None:
+    """Create the schema or migrate it to the latest revision."""
+    before, after = db.upgrade(state.app.engine, revision)
+    if before == after:
+        click.echo(f"database is up to date (revision {after})")
+    else:
+        click.echo(f"database upgraded from {before or 'empty'} to revision {after}")
+
+
+@command.command("status")
+@pass_state
+def status(state: State) -> None:
+    """Show the schema revision and whether it is current; exit 1 if not."""
+    current, head = db.current_revision(state.app.engine), db.head_revision()
+    click.echo(f"current revision: {current or 'none'}\nlatest revision:  {head}")
+    if current != head:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,73 @@
+"""The ``maild`` command: a thin click layer over the maild package.
+
+Every command parses its arguments, calls one maild function and prints the result.
+Errors maild raises on purpose become one line on stderr, with no traceback: exit 2
+for a bad config, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from maild import __version__
+from maild.errors import ConfigError, MaildError
+from maild.cli.state import State
+
+
+class Failure(click.ClickException):
+    """A ClickException with our own exit code and a ``maild:`` prefix."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"maild: {self.format_message()}", err=True)
+
+
+class MaildGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise Failure(str(exc), 2) from None
+        except MaildError as exc:
+            raise Failure(str(exc), 1) from None
+
+
+@click.group(cls=MaildGroup)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="MAILD_CONFIG",
+    default="config.toml", show_default=True, help="Configuration file (or set MAILD_CONFIG).",
+)
+@click.version_option(__version__, prog_name="maild")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path) -> None:
+    """maild: email-driven case management."""
+    ctx.obj = State(config_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register() -> None:
+    from maild.cli import cases, db, inbound, inject, outbox, run
+
+    for module in (db, run, inject, inbound, cases, outbox):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main() -> None:
+    # Pipes closed early (`maild cases list | head`) must not print a traceback.
+    try:
+        cli.main(prog_name="maild")
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)

@@ -1,0 +1,57 @@
+"""What every command shares: the config path, loaded lazily into an App, and output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from maild.daemon import App
+from maild import config as config_mod
+
+
+class State:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self._app: App | None = None
+
+    @property
+    def app(self) -> App:
+        if self._app is None:
+            self._app = App(config_mod.load(self.config_path))
+        return self._app
+
+    def close(self) -> None:
+        """Release pooled connections: a long test session must not exhaust PostgreSQL."""
+        if self._app is not None:
+            self._app.engine.dispose()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def console() -> Console:
+    # Not a terminal (a pipe, a test): do not squeeze tables into 80 columns.
+    width = None if click.get_text_stream("stdout").isatty() else int(os.environ.get("COLUMNS", "200"))
+    return Console(width=width, soft_wrap=False, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
+    if not rows:
+        click.echo(empty)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in columns:
+        table.add_column(col.replace("_", " "), overflow="fold")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console().print(table)

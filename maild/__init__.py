@@ -1,0 +1,3 @@
+"""maild: email-driven case management."""
+
+__version__ = "0.1.0"

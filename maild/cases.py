@@ -1,0 +1,423 @@
+"""The single writer of case data from mail: one transaction for case, activity, audit and outbox.
+
+``apply`` is called by the intake runner with a claimed inbound row and its parsed mail.
+Everything it writes, including the acknowledgement or relayed reply in the outbox and
+the inbound row's own state, commits together or not at all (a transactional outbox):
+a crash can never leave a case without its acknowledgement, nor an acknowledgement for
+a case that was rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from maild import attachments, safety, threader
+from maild.config import Config
+from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
+from maild.errors import ProcessingError
+from maild.models import (
+    ACTIVE,
+    INCOMING_EMAIL,
+    OUTGOING_EMAIL,
+    PROCESSED,
+    RECEIVED,
+    Activity,
+    Attachment,
+    AuditEvent,
+    Case,
+    Contact,
+    Counter,
+    InboundMessage,
+    OutboundMessage,
+    Queue,
+)
+from maild.outbox import ACKNOWLEDGEMENT, REPLY, Draft, FileAttachment, enqueue, new_message_id
+from maild.parse import ParsedMail
+from maild.refkeys import clean_title, make_reference, tag_subject
+from maild.registry import Registry
+from maild.templates import Renderer
+
+
+@dataclass(frozen=True)
+class IntakeContext:
+    """What the writer needs besides the session; built once by the daemon."""
+
+    config: Config
+    registry: Registry
+    renderer: Renderer
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.paths.data
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str  # created | threaded | reopened | follow_up | relayed | duplicate | quarantined | skipped
+    reference: str | None = None
+    via: str | None = None
+    acknowledged: bool = False
+    note: str | None = None
+
+    def describe(self) -> str:
+        parts = [self.action]
+        if self.reference:
+            parts.append(self.reference)
+        if self.via:
+            parts.append(f"via {self.via}")
+        if self.action in ("created", "follow_up"):
+            parts.append("acknowledged" if self.acknowledged else f"not acknowledged ({self.note})")
+        elif self.note:
+            parts.append(f"({self.note})")
+        return " ".join(parts)
+
+
+class StoreLookup:
+    """threader.CaseLookup over the database; merged cases forward to their survivor."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def case_by_reference(self, reference: str) -> int | None:
+        row = self.session.execute(
+            select(Case.id, Case.merged_into_id).where(Case.reference == reference)
+        ).first()
+        return None if row is None else self._follow(row[0], row[1])
+
+    def case_by_message_ids(self, message_ids: list[str]) -> dict[str, int]:
+        rows = self.session.execute(
+            select(Activity.message_id, Activity.case_id).where(Activity.message_id.in_(message_ids))
+        ).all()
+        return {mid: self._follow(cid, None) for mid, cid in rows if mid is not None}
+
+    def _follow(self, case_id: int, merged_into: int | None) -> int:
+        seen = {case_id}
+        if merged_into is None:
+            merged_into = self.session.scalar(select(Case.merged_into_id).where(Case.id == case_id))
+        while merged_into is not None and merged_into not in seen:
+            seen.add(merged_into)
+            case_id = merged_into
+            merged_into = self.session.scalar(select(Case.merged_into_id).where(Case.id == case_id))
+        return case_id
+
+
+def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMail, now: datetime) -> Outcome:
+    """Turn one claimed, parsed inbound message into case data, in the caller's transaction."""
+    inbound = session.get(InboundMessage, inbound_id, with_for_update=True)
+    if inbound is None or inbound.state != RECEIVED:
+        return Outcome("skipped", note="already handled by another worker")
+    duplicate = _duplicate_case(session, mail.message_id)
+    if duplicate is not None:
+        _finish(inbound, "duplicate", duplicate, now)
+        return Outcome("duplicate", _reference(session, duplicate), note=f"Message-ID {mail.message_id} already recorded")
+    prefix = ctx.config.cases.reference_prefix
+    match = threader.match(mail, StoreLookup(session), prefix)
+    snapshot = _snapshot(session, match.case_id) if match else None
+    agent = ctx.config.agent_for_address(mail.sender_email)
+    no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses())
+    customer = customer_address(mail)
+    acks = _recent_acks(session, customer, now) if (agent is None and no_reply is None and customer) else 0
+    disposition = decide(
+        case=snapshot,
+        agent=agent.name if agent else None,
+        no_reply_reason=no_reply,
+        acks_last_hour=acks,
+        policy=_policy(ctx, inbound.queue_id),
+        now=now,
+    )
+    outcome = _HANDLERS[disposition.action](session, ctx, inbound, mail, disposition, now)
+    if match is not None and outcome.via is None and outcome.action != "quarantined":
+        outcome = Outcome(outcome.action, outcome.reference, match.via, outcome.acknowledged, outcome.note)
+    return outcome
+
+
+def customer_address(mail: ParsedMail) -> str | None:
+    """Where a customer's acknowledgement goes: Reply-To if given, else From."""
+    if mail.reply_to:
+        return mail.reply_to[0].email
+    return mail.sender_email
+
+
+def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
+    queue_name = next(n for n, i in ctx.registry.queue_ids.items() if i == queue_id)
+    return AckPolicy(
+        enabled=ctx.config.acknowledgements.enabled and ctx.config.queues[queue_name].acknowledge,
+        max_per_sender_per_hour=ctx.config.acknowledgements.max_per_sender_per_hour,
+        reopen_window=timedelta(days=ctx.config.cases.reopen_window_days),
+    )
+
+
+def _duplicate_case(session: Session, message_id: str | None) -> int | None:
+    if not message_id:
+        return None
+    return session.scalar(
+        select(Activity.case_id)
+        .where(Activity.message_id == message_id, Activity.kind == INCOMING_EMAIL)
+        .limit(1)
+    )
+
+
+def _snapshot(session: Session, case_id: int) -> CaseSnapshot:
+    case = session.get(Case, case_id, with_for_update=True)
+    if case is None:
+        raise ProcessingError(f"case {case_id} vanished while threading")
+    return CaseSnapshot(case.id, case.reference, case.status, case.resolved_at)
+
+
+def _reference(session: Session, case_id: int) -> str | None:
+    return session.scalar(select(Case.reference).where(Case.id == case_id))
+
+
+def _recent_acks(session: Session, recipient: str, now: datetime) -> int:
+    return session.scalar(
+        select(func.count()).where(
+            OutboundMessage.recipient == recipient,
+            OutboundMessage.kind == ACKNOWLEDGEMENT,
+            OutboundMessage.created_at > now - timedelta(hours=1),
+        )
+    ) or 0
+
+
+def _finish(inbound: InboundMessage, outcome: str, case_id: int | None, now: datetime) -> None:
+    inbound.state = PROCESSED
+    inbound.outcome = outcome
+    inbound.case_id = case_id
+    inbound.processed_at = now
+    inbound.claimed_until = None
+    inbound.error = None
+
+
+def audit(session: Session, case_id: int | None, actor: str, action: str, now: datetime, **details: Any) -> None:
+    session.add(AuditEvent(case_id=case_id, at=now, actor=actor, action=action, details=details))
+
+
+# Handlers, one per Disposition.action ---------------------------------------
+
+
+def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+            d: Disposition, now: datetime) -> Outcome:
+    contact = _contact_for(session, mail, now)
+    case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, previous=d.case)
+    _incoming_activity(session, ctx, case, inbound, mail, now)
+    actor = f"customer:{contact.email}"
+    audit(session, case.id, actor, "created", now, queue=case.queue.name, inbound_id=inbound.id,
+          previous=d.case.reference if d.case else None)
+    if d.case is not None:
+        audit(session, d.case.id, actor, "follow_up_created", now, follow_up=case.reference)
+    acknowledged, note = False, d.no_ack_reason
+    if d.acknowledge:
+        acknowledged, note = _acknowledge(session, ctx, case, mail, now)
+    if not acknowledged:
+        audit(session, case.id, "system", "acknowledgement_skipped", now, reason=note)
+    _finish(inbound, "created" if d.case is None else "follow_up", case.id, now)
+    return Outcome("created" if d.case is None else "follow_up", case.reference, None, acknowledged, note)
+
+
+def _append(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+            d: Disposition, now: datetime) -> Outcome:
+    case = _case(session, d)
+    _incoming_activity(session, ctx, case, inbound, mail, now)
+    actor = f"customer:{mail.sender_email}"
+    if d.action == "reopen":
+        old = (case.status, case.status_reason)
+        case.status, case.status_reason, case.resolved_at = ACTIVE, "In Progress", None
+        audit(session, case.id, actor, "reopened", now, previous_status=old[0], previous_reason=old[1])
+    elif case.status_reason == "Waiting for Details":
+        # The customer answered: the ball is back with the support team.
+        case.status_reason = "In Progress"
+        audit(session, case.id, actor, "status_changed", now, previous_reason="Waiting for Details",
+              status_reason="In Progress")
+    audit(session, case.id, actor, "email_received", now, inbound_id=inbound.id, message_id=mail.message_id)
+    action = "reopened" if d.action == "reopen" else "threaded"
+    _finish(inbound, action, case.id, now)
+    return Outcome(action, case.reference)
+
+
+def _relay(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+           d: Disposition, now: datetime) -> Outcome:
+    case = _case(session, d)
+    if case.contact is None:
+        raise ProcessingError(f"case {case.reference} has no customer to relay the agent's reply to")
+    agent = ctx.config.agent_for_address(mail.sender_email)
+    assert agent is not None
+    agent_id = ctx.registry.agent_ids.get(agent.name)
+    files = tuple(FileAttachment(a.filename, a.content_type, a.content) for a in mail.attachments if not a.inline)
+    in_reply_to, refs = _thread_headers(session, case)
+    queue = case.queue
+    draft = Draft(
+        kind=REPLY, from_name=f"{agent.name} ({queue.display_name})", from_addr=queue.address,
+        to_name=case.contact.name, to_addr=case.contact.email,
+        subject=tag_subject(f"Re: {case.title}", case.reference), text=mail.text, html=mail.html,
+        reply_to=queue.address, in_reply_to=in_reply_to, references=refs, attachments=files,
+    )
+    activity = _outgoing_activity(session, ctx, case, draft, now, agent_id=agent_id, inbound=inbound, mail=mail)
+    if case.first_response_at is None:
+        case.first_response_at = now
+    audit(session, case.id, f"agent:{agent.name}", "agent_reply", now, message_id=activity.message_id,
+          inbound_id=inbound.id)
+    _finish(inbound, "relayed", case.id, now)
+    return Outcome("relayed", case.reference, note=f"to {case.contact.email}")
+
+
+def _quarantine(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+                d: Disposition, now: datetime) -> Outcome:
+    raise ProcessingError(d.reason or "quarantined by decision")
+
+
+_Handler = Callable[[Session, IntakeContext, InboundMessage, ParsedMail, Disposition, datetime], Outcome]
+_HANDLERS: dict[str, _Handler] = {
+    "create": _create,
+    "follow_up": _create,
+    "append": _append,
+    "reopen": _append,
+    "agent_reply": _relay,
+    "quarantine": _quarantine,
+}
+
+
+# Building blocks ------------------------------------------------------------
+
+
+def _case(session: Session, d: Disposition) -> Case:
+    assert d.case is not None
+    case = session.get(Case, d.case.id)
+    assert case is not None
+    return case
+
+
+def _contact_for(session: Session, mail: ParsedMail, now: datetime) -> Contact:
+    if mail.sender is None:
+        raise ProcessingError("the message has no usable From address")
+    contact = session.scalar(select(Contact).where(Contact.email == mail.sender.email))
+    if contact is None:
+        contact = Contact(email=mail.sender.email, name=mail.sender.name, created_at=now)
+        session.add(contact)
+        session.flush()
+    elif not contact.name and mail.sender.name:
+        contact.name = mail.sender.name
+    return contact
+
+
+def next_number(session: Session, name: str = "case") -> int:
+    """The next value of a named counter; the row lock serialises concurrent writers."""
+    value = session.execute(
+        update(Counter).where(Counter.name == name).values(value=Counter.value + 1).returning(Counter.value)
+    ).scalar_one_or_none()
+    if value is None:
+        session.add(Counter(name=name, value=1))
+        session.flush()
+        return 1
+    return int(value)
+
+
+def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Contact, mail: ParsedMail,
+              now: datetime, previous: CaseSnapshot | None) -> Case:
+    prefix = ctx.config.cases.reference_prefix
+    case = Case(
+        reference=make_reference(prefix, next_number(session)),
+        title=(clean_title(mail.subject, prefix) or "(no subject)")[:500],
+        contact_id=contact.id,
+        account_id=contact.account_id,
+        queue_id=queue_id,
+        status=ACTIVE,
+        status_reason="In Progress",
+        origin="email",
+        priority="normal",
+        created_at=now,
+        updated_at=now,
+        previous_case_id=previous.id if previous else None,
+    )
+    session.add(case)
+    session.flush()
+    return case
+
+
+def _addresses(mail_addrs: tuple[Any, ...]) -> str:
+    return ", ".join(a.email for a in mail_addrs)
+
+
+def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound: InboundMessage,
+                       mail: ParsedMail, now: datetime) -> Activity:
+    activity = Activity(
+        case_id=case.id, kind=INCOMING_EMAIL, created_at=now, message_id=mail.message_id,
+        in_reply_to=" ".join(mail.in_reply_to) or None, references=" ".join(mail.references) or None,
+        from_addr=mail.sender_email, from_name=mail.sender.name if mail.sender else None,
+        to_addrs=_addresses(mail.to), cc_addrs=_addresses(mail.cc), subject=mail.subject, sent_at=mail.date,
+        text=mail.text, text_stripped=mail.text_stripped, html=mail.html, inbound_id=inbound.id,
+    )
+    session.add(activity)
+    session.flush()
+    for att in mail.attachments:
+        digest = attachments.store(ctx.data_dir, att.content)
+        session.add(Attachment(
+            activity_id=activity.id, filename=att.filename[:500], content_type=att.content_type[:200],
+            size=len(att.content), sha256=digest, content_id=att.content_id, inline=att.inline,
+        ))
+    case.updated_at = now
+    return activity
+
+
+def _outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: Draft, now: datetime, *,
+                       agent_id: int | None = None, inbound: InboundMessage | None = None,
+                       mail: ParsedMail | None = None) -> Activity:
+    """Record an outgoing mail on the case and put it in the outbox, under one Message-ID."""
+    domain = ctx.config.outgoing.message_id_domain or draft.from_addr.rpartition("@")[2]
+    message_id = new_message_id(domain)
+    activity = Activity(
+        case_id=case.id, kind=OUTGOING_EMAIL, created_at=now, message_id=message_id,
+        in_reply_to=draft.in_reply_to, references=" ".join(draft.references) or None,
+        from_addr=draft.from_addr, from_name=draft.from_name, to_addrs=draft.to_addr, subject=draft.subject,
+        sent_at=None, text=draft.text, text_stripped=mail.text_stripped if mail else draft.text, html=draft.html,
+        agent_id=agent_id, inbound_id=inbound.id if inbound else None,
+    )
+    session.add(activity)
+    session.flush()
+    for att in mail.attachments if mail else ():
+        digest = attachments.store(ctx.data_dir, att.content)
+        session.add(Attachment(activity_id=activity.id, filename=att.filename[:500],
+                               content_type=att.content_type[:200], size=len(att.content), sha256=digest,
+                               content_id=att.content_id, inline=att.inline))
+    enqueue(session, draft, message_id=message_id, now=now, case_id=case.id, activity_id=activity.id)
+    case.updated_at = now
+    return activity
+
+
+def _thread_headers(session: Session, case: Case) -> tuple[str | None, tuple[str, ...]]:
+    """In-Reply-To: the customer's latest mail; References: the case's recent Message-IDs."""
+    rows = session.execute(
+        select(Activity.message_id, Activity.kind).where(Activity.case_id == case.id, Activity.message_id.is_not(None))
+        .order_by(Activity.id.desc()).limit(20)
+    ).all()
+    ids = [mid for mid, _ in reversed(rows) if mid]
+    latest_incoming = next((mid for mid, kind in rows if kind == INCOMING_EMAIL and mid), None)
+    return latest_incoming, tuple(ids)
+
+
+def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail,
+                 now: datetime) -> tuple[bool, str | None]:
+    to_addr = customer_address(mail)
+    if to_addr is None:
+        return False, "no address to acknowledge"
+    queue: Queue = case.queue
+    rendered = ctx.renderer.render(ctx.config.acknowledgements.template, {
+        "case": case, "contact": case.contact, "queue": queue, "mail": mail, "now": now,
+    })
+    draft = Draft(
+        kind=ACKNOWLEDGEMENT, from_name=queue.display_name, from_addr=queue.address,
+        to_name=mail.sender.name if mail.sender else "", to_addr=to_addr,
+        subject=tag_subject(rendered.subject or f"Re: {case.title}", case.reference),
+        text=rendered.text, html=rendered.html, reply_to=queue.address, in_reply_to=mail.message_id,
+        references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
+    )
+    try:
+        with session.begin_nested():  # a refused address must not leave half an activity behind
+            _outgoing_activity(session, ctx, case, draft, now)
+    except ValueError as exc:  # an address the email package refuses to write
+        return False, f"cannot address acknowledgement: {exc}"
+    return True, None

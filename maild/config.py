@@ -1,0 +1,325 @@
+"""Load config.toml once, validate every key, and hand out frozen settings objects.
+
+Validation is done by pydantic so that every error can name the file, the key path and
+the problem (``config.toml: queues.support.address: expected an email address, got "x"``).
+Relative paths are resolved against the directory of the config file, so the example
+config works from any current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from maild.errors import ConfigError
+
+_EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+_QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{1,9}$")
+
+
+def _email(value: str) -> str:
+    value = value.strip().lower()
+    if not _EMAIL_RE.match(value):
+        raise ValueError(f"expected an email address, got {value!r}")
+    return value
+
+
+Email = Annotated[str, AfterValidator(_email)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Secret(_Model):
+    """A password given inline, by environment variable, or in a file (first line)."""
+
+    password: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    def resolve(self) -> str | None:
+        """Read the secret at the moment it is needed, so rotated files are picked up."""
+        if self.password is not None:
+            return self.password
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"environment variable {self.password_env} is not set")
+            return value
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError(f"cannot read password_file {self.password_file}: {exc}") from exc
+        return None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Secret:
+        given = [n for n in ("password", "password_env", "password_file") if getattr(self, n)]
+        if len(given) > 1:
+            raise ValueError(f"give only one of password, password_env, password_file (got {', '.join(given)})")
+        return self
+
+
+class DatabaseConfig(_Model):
+    url: str = "sqlite:///maild.db"
+    echo: bool = False
+    busy_timeout: float = Field(default=30.0, ge=0)
+
+
+class PathsConfig(_Model):
+    data: Path = Path("var/data")
+    templates: Path = Path("templates")
+    rules: Path = Path("rules")
+
+
+class SmtpIntakeConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=1, le=65535)
+    protocol: Literal["smtp", "lmtp"] = "smtp"
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    hostname: str | None = None
+
+
+class IntakeConfig(_Model):
+    smtp: SmtpIntakeConfig = SmtpIntakeConfig()
+    poll_interval: float = Field(default=1.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    lease_seconds: int = Field(default=300, ge=5)
+
+
+class SmtpRelayConfig(Secret):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "ssl"] = "none"
+    user: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    local_hostname: str | None = None
+
+
+class OutgoingConfig(_Model):
+    transport: Literal["maildir", "smtp"] = "maildir"
+    maildir: Path = Path("var/outgoing")
+    smtp: SmtpRelayConfig = SmtpRelayConfig()
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_initial: float = Field(default=30.0, gt=0)
+    backoff_max: float = Field(default=3600.0, gt=0)
+    message_id_domain: str | None = None
+
+
+class StatusReasonsConfig(_Model):
+    """Extra status reasons, added to the built-in ones from Dynamics 365's case model."""
+
+    active: tuple[str, ...] = ()
+    resolved: tuple[str, ...] = ()
+    cancelled: tuple[str, ...] = ()
+
+
+class CasesConfig(_Model):
+    reference_prefix: str = "CAS"
+    reopen_window_days: float = Field(default=7.0, ge=0)
+    status_reasons: StatusReasonsConfig = StatusReasonsConfig()
+
+    @model_validator(mode="after")
+    def _prefix(self) -> CasesConfig:
+        if not _PREFIX_RE.match(self.reference_prefix):
+            raise ValueError(
+                f"reference_prefix: expected 2-10 upper-case letters or digits starting with a letter, "
+                f"got {self.reference_prefix!r}"
+            )
+        return self
+
+
+class AcknowledgementConfig(_Model):
+    enabled: bool = True
+    max_per_sender_per_hour: int = Field(default=5, ge=0)
+    template: str = "acknowledgement"
+
+
+class QueueConfig(_Model):
+    addresses: tuple[Email, ...] = Field(min_length=1)
+    name: str | None = None
+    acknowledge: bool = True
+
+
+class AgentConfig(_Model):
+    name: str = Field(min_length=1)
+    emails: tuple[Email, ...] = Field(min_length=1)
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["plain", "json"] = "plain"
+
+
+class Config(_Model):
+    """The whole validated configuration. ``source`` is the file it came from."""
+
+    source: Path = Path("config.toml")
+    database: DatabaseConfig = DatabaseConfig()
+    paths: PathsConfig = PathsConfig()
+    intake: IntakeConfig = IntakeConfig()
+    outgoing: OutgoingConfig = OutgoingConfig()
+    cases: CasesConfig = CasesConfig()
+    acknowledgements: AcknowledgementConfig = AcknowledgementConfig()
+    queues: dict[str, QueueConfig] = Field(min_length=1)
+    agents: tuple[AgentConfig, ...] = ()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        seen: dict[str, str] = {}
+        for name, queue in self.queues.items():
+            if not _QUEUE_NAME_RE.match(name):
+                raise ValueError(f"queues.{name}: queue names are lower-case letters, digits, - and _")
+            for addr in queue.addresses:
+                if addr in seen:
+                    raise ValueError(f"queues.{name}.addresses: {addr} is already the address of queue {seen[addr]}")
+                seen[addr] = name
+        for i, agent in enumerate(self.agents):
+            for addr in agent.emails:
+                if addr in seen:
+                    raise ValueError(f"agents.{i}.emails: {addr} is a queue address and cannot be an agent")
+        return self
+
+    # Lookups used on every message; computed from frozen data, so cheap to call.
+    def queue_for_address(self, address: str) -> str | None:
+        address = address.strip().lower()
+        for name, queue in self.queues.items():
+            if address in queue.addresses:
+                return name
+        return None
+
+    def agent_for_address(self, address: str | None) -> AgentConfig | None:
+        if not address:
+            return None
+        address = address.strip().lower()
+        return next((a for a in self.agents if address in a.emails), None)
+
+    def own_addresses(self) -> frozenset[str]:
+        return frozenset(a for q in self.queues.values() for a in q.addresses)
+
+
+_PATH_KEYS = (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir"))
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; every problem raises ConfigError naming file and key."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text") from None
+    return from_dict(data, file)
+
+
+def from_dict(data: dict[str, Any], file: Path) -> Config:
+    """Validate parsed TOML data; paths and SQLite URLs are made absolute against the file's folder."""
+    base = file.resolve().parent
+    data = {**data, "source": file}
+    try:
+        config = Config.model_validate(_resolve_paths(data, base), strict=False)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(file, exc)) from None
+    return config
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for section, key in _PATH_KEYS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str):
+            data[section][key] = str(base / value)
+    smtp = data.get("outgoing", {}).get("smtp") if isinstance(data.get("outgoing"), dict) else None
+    if isinstance(smtp, dict) and isinstance(smtp.get("password_file"), str):
+        data["outgoing"]["smtp"] = {**smtp, "password_file": str(base / smtp["password_file"])}
+    for section, key in (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir")):
+        data.setdefault(section, {})
+        if isinstance(data[section], dict) and key not in data[section]:
+            default = getattr(Config.model_fields[section].default, key)
+            data[section][key] = str(base / default)
+    db = data.get("database")
+    url = db.get("url") if isinstance(db, dict) else None
+    if isinstance(url, str):
+        data["database"]["url"] = resolve_sqlite_url(url, base)
+    elif isinstance(db, dict) or db is None:
+        data["database"] = {**(db or {}), "url": resolve_sqlite_url(DatabaseConfig().url, base)}
+    return data
+
+
+def resolve_sqlite_url(url: str, base: Path) -> str:
+    """Make ``sqlite:///relative.db`` absolute against ``base``; other URLs pass through."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+        return prefix + str(base / url[len(prefix):])
+    return url
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "str": "a string",
+    "dict": "a table",
+    "list": "an array",
+    "tuple": "an array",
+}
+
+
+def format_validation_error(file: Path, exc: ValidationError) -> str:
+    """One line per problem: ``file: dotted.key.path: what is wrong``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        lines.append(f"{file.name}: {loc or '(top level)'}: {_describe(err)}")
+    return "\n".join(lines)
+
+
+def _describe(err: Any) -> str:
+    kind: str = err["type"]
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling against config.example.toml)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        word = kind.split("_")[0]
+        expected = _TYPE_WORDS.get(word, word)
+        return f"expected {expected}, got {_show(given)}"
+    if kind == "literal_error":
+        return f"{err['msg'].replace('Input should be', 'expected')}, got {_show(given)}"
+    if kind == "value_error":
+        return str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+    return f"{err['msg']}, got {_show(given)}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value).lower() if isinstance(value, bool) else repr(value)

@@ -1,0 +1,157 @@
+"""Build maild's runners from config, run them, and handle SIGTERM (finish and exit) and SIGHUP (reload).
+
+One process: the SMTP/LMTP listener runs in aiosmtpd's controller thread, and each runner
+(intake, dispatch) is a thread of its own looping over ``run_once``. On PostgreSQL more
+processes can run the same config side by side; the runners claim rows with SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild import config as config_mod
+from maild import db, registry
+from maild.cases import IntakeContext
+from maild.clock import Clock, utcnow
+from maild.config import Config
+from maild.dispatch import DispatchRunner
+from maild.errors import ConfigError
+from maild.intake.smtp import IntakeController, IntakeHandler
+from maild.processing import IntakeRunner
+from maild.runner import Runner
+from maild.templates import Renderer
+from maild.transport import Transport, from_config
+
+log = logging.getLogger("maild.daemon")
+
+REQUIRED_TEMPLATES = ["acknowledgement"]
+
+
+class App:
+    """The wiring every entry point shares: config, database, templates and registry."""
+
+    def __init__(self, config: Config, *, engine: Engine | None = None, clock: Clock = utcnow) -> None:
+        self.config = config
+        self.engine = engine or db.make_engine(config.database.url, config.database.echo, config.database.busy_timeout)
+        self.factory: sessionmaker[Session] = db.make_sessionmaker(self.engine)
+        self.clock = clock
+        self.renderer = Renderer(config.paths.templates)
+        self._registry: registry.Registry | None = None
+
+    def prepare(self) -> None:
+        """Everything that must hold before work starts; raises with the fix in the message."""
+        db.check_schema(self.engine)
+        self.renderer.check(REQUIRED_TEMPLATES)
+        self._registry = registry.sync(self.factory, self.config)
+
+    @property
+    def registry(self) -> registry.Registry:
+        if self._registry is None:
+            self._registry = registry.sync(self.factory, self.config)
+        return self._registry
+
+    def intake_context(self) -> IntakeContext:
+        return IntakeContext(self.config, self.registry, self.renderer)
+
+
+class Daemon:
+    """``maild run``: start everything, wait for a signal, stop cleanly."""
+
+    def __init__(self, app: App, transport: Transport | None = None) -> None:
+        self.app = app
+        self.transport = transport or from_config(app.config.outgoing)
+        self.intake = IntakeRunner(app.factory, self._context, clock=app.clock)
+        self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock)
+        self.runners: list[Runner] = [self.intake, self.dispatch]
+        self._context_value = app.intake_context()
+        self._threads: list[threading.Thread] = []
+        self._listener: IntakeController | None = None
+        self.stopped = threading.Event()
+
+    def _context(self) -> IntakeContext:
+        return self._context_value
+
+    def start(self) -> None:
+        cfg = self.app.config
+        if cfg.intake.smtp.enabled:
+            handler = IntakeHandler(cfg, self.app.registry, self.app.factory, on_stored=self.intake.poke,
+                                    clock=self.app.clock, lmtp=cfg.intake.smtp.protocol == "lmtp")
+            self._listener = IntakeController(handler, cfg)
+            self._listener.start()
+            log.info("listening for %s on %s:%d", cfg.intake.smtp.protocol.upper(), cfg.intake.smtp.host,
+                     cfg.intake.smtp.port)
+        for runner in self.runners:
+            t = threading.Thread(target=runner.run, name=f"maild-{runner.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        # Mail queued by another process (maild inject) is picked up by the poll interval.
+        log.info("maild started: %d queue(s), outgoing via %s", len(cfg.queues), cfg.outgoing.transport)
+
+    def stop(self) -> None:
+        """Stop taking mail first, then let each runner finish the item in hand."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        for runner in self.runners:
+            runner.stop()
+        for t in self._threads:
+            t.join()
+        self.stopped.set()
+        log.info("maild stopped")
+
+    def reload(self) -> None:
+        """Re-read templates (and the config's reloadable parts); keep the old ones on error."""
+        try:
+            fresh = config_mod.load(self.app.config.source)
+            renderer = Renderer(fresh.paths.templates)
+            renderer.check(REQUIRED_TEMPLATES)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        self.app.renderer = renderer
+        self._context_value = replace(self._context_value, renderer=renderer)
+        log.info("reloaded templates from %s", fresh.paths.templates)
+
+    def serve_forever(self) -> None:
+        """Install signal handlers (main thread only) and block until SIGTERM/SIGINT."""
+        term, hup = threading.Event(), threading.Event()
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: finishing the message in hand, then exiting", signal.Signals(signum).name)
+            term.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, lambda signum, frame: hup.set())
+        self.start()
+        while not term.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                self.reload()
+        self.stop()
+
+
+def run_once(app: App, transport: Transport | None = None) -> tuple[int, int]:
+    """Process every pending inbound message, then send everything due; (processed, sent)."""
+    transport = transport or from_config(app.config.outgoing)
+    ctx = app.intake_context()
+    intake = IntakeRunner(app.factory, lambda: ctx, clock=app.clock)
+    dispatch = DispatchRunner(app.factory, transport, app.config.outgoing, clock=app.clock)
+    processed = sent = 0
+    while (n := intake.run_once()) > 0:
+        processed += n
+    while (n := dispatch.run_once()) > 0:
+        sent += n
+    return processed, sent
+
+
+def load_app(path: str | Path, clock: Clock = utcnow) -> App:
+    return App(config_mod.load(path), clock=clock)

@@ -1,0 +1,144 @@
+"""Database engines, sessions and schema migrations for SQLite and PostgreSQL.
+
+SQLite runs in WAL mode with synchronous=FULL: intake promises a sender that a message is
+stored, so a commit must survive a power cut, not just a crash. busy_timeout lets a second
+process (``maild inject`` beside ``maild run``) wait for the writer instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild.errors import SchemaOutOfDate, TemporaryFailure
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str, echo: bool = False, busy_timeout: float = 30.0) -> Engine:
+    """Create an engine; SQLite gets its pragmas and its parent folder on first connect.
+
+    ``busy_timeout`` is how long a writer waits for a lock (SQLite) or a connection
+    (PostgreSQL) before the operation counts as a temporary failure.
+    """
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, echo, busy_timeout)
+    return create_engine(
+        url, echo=echo, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(busy_timeout))}
+    )
+
+
+def _sqlite_engine(url: str, echo: bool, busy_timeout: float) -> Engine:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None hands transaction control to our BEGIN IMMEDIATE below, so a
+    # writer takes the lock up front instead of failing on upgrade from a read lock.
+    engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout, "isolation_level": None})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error.
+
+    A locked SQLite database or an unreachable PostgreSQL is a TemporaryFailure, so
+    callers (the SMTP listener, ``maild inject``) can tell the sender to try again.
+    """
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        raise TemporaryFailure(f"database unavailable: {_short(exc)}") from exc
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _short(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+# Schema migrations ---------------------------------------------------------
+
+
+def _alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    heads = ScriptDirectory.from_config(_alembic_config_for_scripts()).get_heads()
+    return heads[0]
+
+
+def _alembic_config_for_scripts() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate the schema to ``revision``; returns (before, after)."""
+    before = current_revision(engine)
+    command.upgrade(_alembic_config(engine), revision)
+    return before, current_revision(engine) or ""
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse to work on a schema this code was not written for, and say how to fix it."""
+    try:
+        current = current_revision(engine)
+    except OperationalError as exc:
+        raise TemporaryFailure(f"database unavailable: {_short(exc)}") from exc
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise SchemaOutOfDate("the database has no maild schema yet; run `maild db upgrade`")
+    raise SchemaOutOfDate(
+        f"the database schema is at revision {current} but this maild needs {head}; run `maild db upgrade`"
+    )

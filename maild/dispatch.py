@@ -1,0 +1,156 @@
+"""The dispatch runner: send due outbox rows through the transport, with backoff, at most once.
+
+Each row is marked ``sending`` in its own commit just before the transport is called and
+``sent`` right after. If the process dies in between, nobody can know whether the relay
+took the message, so the row is parked as ``unknown`` (never resent automatically) for an
+admin to check and release with ``maild outbox retry``. Everywhere else a crash only
+delays a message: rows are claimed under a lease that simply runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild.clock import Clock, utcnow
+from maild.config import OutgoingConfig
+from maild.db import transaction
+from maild.errors import NotFound, PermanentFailure, TemporaryFailure
+from maild.models import FAILED, PENDING, SENDING, SENT, UNKNOWN, Activity, OutboundMessage
+from maild.runner import Runner
+from maild.transport import Envelope, Transport
+
+log = logging.getLogger("maild.dispatch")
+
+LEASE = timedelta(minutes=5)
+
+
+class DispatchRunner(Runner):
+    name = "dispatch"
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        transport: Transport,
+        config: OutgoingConfig,
+        clock: Clock = utcnow,
+        batch: int = 20,
+        idle_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(idle_seconds)
+        self.factory = factory
+        self.transport = transport
+        self.config = config
+        self.clock = clock
+        self.batch = batch
+
+    def run_once(self) -> int:
+        now = self.clock()
+        self._park_interrupted(now)
+        ids = self._claim(now)
+        for row_id in ids:
+            if self.stopping.is_set():
+                break
+            self._send_one(row_id)
+        return len(ids)
+
+    def _claim(self, now: datetime) -> list[int]:
+        with transaction(self.factory) as session:
+            rows = session.scalars(
+                select(OutboundMessage)
+                .where(
+                    OutboundMessage.state == PENDING,
+                    OutboundMessage.next_attempt_at <= now,
+                    or_(OutboundMessage.claimed_until.is_(None), OutboundMessage.claimed_until < now),
+                )
+                .order_by(OutboundMessage.next_attempt_at, OutboundMessage.id)
+                .limit(self.batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                row.claimed_until = now + LEASE
+            return [r.id for r in rows]
+
+    def _send_one(self, row_id: int) -> None:
+        with transaction(self.factory) as session:
+            row = session.get(OutboundMessage, row_id, with_for_update=True)
+            if row is None or row.state != PENDING:
+                return
+            row.state = SENDING
+            row.attempts += 1
+            row.claimed_until = self.clock() + LEASE
+            envelope = Envelope(row.mail_from, list(row.rcpt_to), row.raw)
+            attempts, message_id = row.attempts, row.message_id
+        try:
+            self.transport.send(envelope)
+        except PermanentFailure as exc:
+            self._finish(row_id, FAILED, f"permanent failure: {exc}")
+            log.error("outbox %d %s: permanent failure, not retrying: %s", row_id, message_id, exc)
+        except (TemporaryFailure, OSError) as exc:
+            self._retry_later(row_id, attempts, str(exc))
+        else:
+            self._finish(row_id, SENT, None)
+            log.info("outbox %d %s: sent to %s", row_id, message_id, ", ".join(envelope.rcpt_to))
+
+    def _finish(self, row_id: int, state: str, error: str | None) -> None:
+        now = self.clock()
+        with transaction(self.factory) as session:
+            row = session.get(OutboundMessage, row_id)
+            assert row is not None
+            row.state, row.last_error, row.claimed_until = state, error, None
+            if state == SENT:
+                row.sent_at = now
+                if row.activity_id is not None:
+                    session.execute(update(Activity).where(Activity.id == row.activity_id).values(sent_at=now))
+
+    def _retry_later(self, row_id: int, attempts: int, error: str) -> None:
+        if attempts >= self.config.max_attempts:
+            self._finish(row_id, FAILED, f"gave up after {attempts} attempts: {error}")
+            log.error("outbox %d: gave up after %d attempts: %s", row_id, attempts, error)
+            return
+        delay = backoff(attempts, self.config.backoff_initial, self.config.backoff_max)
+        with transaction(self.factory) as session:
+            session.execute(
+                update(OutboundMessage)
+                .where(OutboundMessage.id == row_id)
+                .values(state=PENDING, last_error=error, claimed_until=None,
+                        next_attempt_at=self.clock() + timedelta(seconds=delay))
+            )
+        log.warning("outbox %d: attempt %d failed, retrying in %.0fs: %s", row_id, attempts, delay, error)
+
+    def _park_interrupted(self, now: datetime) -> None:
+        with transaction(self.factory) as session:
+            result = session.execute(
+                update(OutboundMessage)
+                .where(OutboundMessage.state == SENDING, OutboundMessage.claimed_until < now)
+                .values(state=UNKNOWN, claimed_until=None,
+                        last_error="interrupted while sending: it may or may not have been delivered; "
+                        "check the relay's log, then `maild outbox retry ID` to send it again")
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                log.error("outbox: %d message(s) interrupted mid-send parked as unknown", result.rowcount)  # type: ignore[attr-defined]
+
+
+def backoff(attempts: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with ±10% jitter, so many failed rows do not retry in lockstep."""
+    base = min(initial * (2 ** max(attempts - 1, 0)), maximum)
+    return float(base * random.uniform(0.9, 1.1))
+
+
+def retry(factory: sessionmaker[Session], ids: list[int], now: datetime) -> int:
+    """Release failed or unknown rows for another try now; an admin's decision."""
+    with transaction(factory) as session:
+        found = set(session.scalars(select(OutboundMessage.id).where(OutboundMessage.id.in_(ids))))
+        missing = sorted(set(ids) - found)
+        if missing:
+            raise NotFound(f"no outbox message with id {', '.join(map(str, missing))}")
+        result = session.execute(
+            update(OutboundMessage)
+            .where(OutboundMessage.id.in_(ids), OutboundMessage.state.in_([FAILED, UNKNOWN]))
+            .values(state=PENDING, next_attempt_at=now, claimed_until=None, attempts=0)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

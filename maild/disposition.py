@@ -1,0 +1,87 @@
+"""Decide what an incoming message does to the cases, as a pure function of what is known.
+
+The database is read before (to find the thread) and written after (by cases.apply);
+this module only decides, so every branch is testable with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from maild.models import ACTIVE, RESOLVED
+
+Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "quarantine"]
+
+
+@dataclass(frozen=True)
+class CaseSnapshot:
+    """The few facts about a matched case that the decision depends on."""
+
+    id: int
+    reference: str
+    status: str
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AckPolicy:
+    enabled: bool
+    max_per_sender_per_hour: int
+    reopen_window: timedelta
+
+
+@dataclass(frozen=True)
+class Disposition:
+    action: Action
+    case: CaseSnapshot | None = None
+    acknowledge: bool = False
+    no_ack_reason: str | None = None
+    reason: str | None = None  # why a message is quarantined
+
+
+def decide(
+    *,
+    case: CaseSnapshot | None,
+    agent: str | None,
+    no_reply_reason: str | None,
+    acks_last_hour: int,
+    policy: AckPolicy,
+    now: datetime,
+) -> Disposition:
+    """What to do with one message from a customer (``agent`` None) or from a named agent."""
+    if agent is not None:
+        if case is None:
+            return Disposition(
+                "quarantine",
+                reason=f"mail from agent {agent} does not reference a case "
+                "(no reference key in the subject and no known In-Reply-To/References)",
+            )
+        return Disposition("agent_reply", case)
+    if case is None:
+        return _new_case("create", None, no_reply_reason, acks_last_hour, policy)
+    if case.status == ACTIVE:
+        return Disposition("append", case)
+    if case.status == RESOLVED and case.resolved_at is not None and now - case.resolved_at <= policy.reopen_window:
+        return Disposition("reopen", case)
+    # Resolved too long ago, or cancelled: a new case that points back at the old one.
+    return _new_case("follow_up", case, no_reply_reason, acks_last_hour, policy)
+
+
+def _new_case(
+    action: Action, case: CaseSnapshot | None, no_reply_reason: str | None, acks_last_hour: int, policy: AckPolicy
+) -> Disposition:
+    reason = ack_refusal(no_reply_reason, acks_last_hour, policy)
+    return Disposition(action, case, acknowledge=reason is None, no_ack_reason=reason)
+
+
+def ack_refusal(no_reply_reason: str | None, acks_last_hour: int, policy: AckPolicy) -> str | None:
+    """Why no acknowledgement may go out, or None when one should."""
+    if not policy.enabled:
+        return "acknowledgements are disabled for this queue"
+    if no_reply_reason is not None:
+        return no_reply_reason
+    if acks_last_hour >= policy.max_per_sender_per_hour:
+        return f"rate limit: {acks_last_hour} acknowledgements to this sender in the last hour"
+    return None

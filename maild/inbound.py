@@ -1,0 +1,194 @@
+"""The durable inbound store: every message is committed here before its source is told "accepted".
+
+It is Mailman's switchboard held in the database. Sources call ``add``; the intake runner
+``claim``s rows under a lease, so a crashed worker's message is picked up again once the
+lease runs out, and a message that keeps crashing workers is quarantined after
+``max_attempts`` instead of looping forever. Duplicates (same queue and Message-ID, same
+bytes, or the same source key such as an IMAP UID) are recognised and stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild.db import transaction
+from maild.errors import NotFound
+from maild.models import QUARANTINED, RECEIVED, InboundMessage
+from maild.parse import normalise_message_id
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    queue_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    queue_id: int
+    raw: bytes
+    attempts: int
+
+
+def header_message_id(raw: bytes) -> str | None:
+    """The Message-ID from the header block only: cheap enough to run before the commit."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    value = headers.get("Message-ID")
+    return normalise_message_id(str(value)) if value else None
+
+
+def add(
+    factory: sessionmaker[Session],
+    queue_ids: list[int],
+    raw: bytes,
+    *,
+    source: str,
+    now: datetime,
+    source_key: str | None = None,
+    envelope_from: str | None = None,
+) -> list[Stored]:
+    """Store ``raw`` once per queue in one committed transaction; report duplicates.
+
+    Raises TemporaryFailure when the database cannot take the write, so the caller can
+    answer 451 / EX_TEMPFAIL and the sender retries.
+    """
+    digest = hashlib.sha256(raw).hexdigest()
+    msgid = header_message_id(raw)
+    for attempt in (1, 2):
+        try:
+            with transaction(factory) as session:
+                return [
+                    _add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now)
+                    for q in queue_ids
+                ]
+        except IntegrityError:
+            # A concurrent delivery of the same message won the race; the second pass sees it.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _add_one(
+    session: Session,
+    queue_id: int,
+    raw: bytes,
+    digest: str,
+    msgid: str | None,
+    source: str,
+    source_key: str | None,
+    envelope_from: str | None,
+    now: datetime,
+) -> Stored:
+    same = [InboundMessage.sha256 == digest]
+    if msgid:
+        same.append(InboundMessage.message_id == msgid)
+    if source_key:
+        same.append((InboundMessage.source == source) & (InboundMessage.source_key == source_key))
+    existing = session.scalar(
+        select(InboundMessage.id).where(InboundMessage.queue_id == queue_id, or_(*same)).limit(1)
+    )
+    if existing is not None:
+        return Stored(existing, queue_id, duplicate=True)
+    row = InboundMessage(
+        queue_id=queue_id,
+        raw=raw,
+        size=len(raw),
+        sha256=digest,
+        message_id=msgid,
+        source=source,
+        source_key=source_key,
+        envelope_from=envelope_from,
+        received_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return Stored(row.id, queue_id, duplicate=False)
+
+
+def claim(
+    factory: sessionmaker[Session], *, now: datetime, lease: timedelta, max_attempts: int, limit: int = 10
+) -> list[Claimed]:
+    """Take up to ``limit`` received rows nobody holds, oldest first.
+
+    On PostgreSQL, SKIP LOCKED lets several workers claim side by side without waiting on
+    each other; on SQLite the write lock taken by BEGIN IMMEDIATE serialises them.
+    """
+    with transaction(factory) as session:
+        _give_up_on_poison(session, now, max_attempts)
+        rows = session.scalars(
+            select(InboundMessage)
+            .where(
+                InboundMessage.state == RECEIVED,
+                or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < now),
+            )
+            .order_by(InboundMessage.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            row.attempts += 1
+            row.claimed_until = now + lease
+        return [Claimed(r.id, r.queue_id, r.raw, r.attempts) for r in rows]
+
+
+def _give_up_on_poison(session: Session, now: datetime, max_attempts: int) -> None:
+    # A lease that ran out means the worker holding it died; after max_attempts deaths
+    # the message itself is the likely cause, so stop retrying it and tell the admin.
+    session.execute(
+        update(InboundMessage)
+        .where(
+            InboundMessage.state == RECEIVED,
+            InboundMessage.claimed_until < now,
+            InboundMessage.attempts >= max_attempts,
+        )
+        .values(
+            state=QUARANTINED,
+            claimed_until=None,
+            error=f"gave up after {max_attempts} attempts: a worker stopped while processing it",
+        )
+    )
+
+
+def quarantine(factory: sessionmaker[Session], inbound_id: int, reason: str, *, now: datetime) -> None:
+    """Keep the message, mark why it could not be processed, and release its lease."""
+    with transaction(factory) as session:
+        session.execute(
+            update(InboundMessage)
+            .where(InboundMessage.id == inbound_id)
+            .values(state=QUARANTINED, error=reason[:4000], claimed_until=None, processed_at=now)
+        )
+
+
+def release(factory: sessionmaker[Session], inbound_id: int, *, until: datetime | None = None) -> None:
+    """Give a claimed row back: at once (shutting down) or from ``until`` (a temporary failure)."""
+    with transaction(factory) as session:
+        session.execute(update(InboundMessage).where(InboundMessage.id == inbound_id).values(claimed_until=until))
+
+
+def retry(factory: sessionmaker[Session], inbound_ids: list[int]) -> int:
+    """Put quarantined messages back in line after an admin fixed the cause; returns how many."""
+    with transaction(factory) as session:
+        found = set(session.scalars(select(InboundMessage.id).where(InboundMessage.id.in_(inbound_ids))))
+        missing = sorted(set(inbound_ids) - found)
+        if missing:
+            raise NotFound(f"no inbound message with id {', '.join(map(str, missing))}")
+        result = session.execute(
+            update(InboundMessage)
+            .where(InboundMessage.id.in_(inbound_ids), InboundMessage.state == QUARANTINED)
+            .values(state=RECEIVED, attempts=0, error=None, claimed_until=None, processed_at=None)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def pending_count(session: Session) -> int:
+    return session.scalar(select(func.count()).where(InboundMessage.state == RECEIVED)) or 0

@@ -1,0 +1,287 @@
+"""The persistent data model: customers, cases, activities, and the durable in- and outboxes.
+
+Every lookup made per message has an index: Activity.message_id (threading),
+Case.reference (subject keys), Contact.email (customers), InboundMessage.state and
+OutboundMessage.state/next_attempt_at (runners claiming work).
+Times are stored as timezone-aware UTC; SQLite hands back naive values, so UtcDateTime
+re-attaches the zone on the way out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A DateTime that always comes back timezone-aware in UTC, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON}
+
+
+# Case states and their reasons, as in Dynamics 365 Customer Service.
+ACTIVE, RESOLVED, CANCELLED = "Active", "Resolved", "Cancelled"
+DEFAULT_STATUS_REASONS: dict[str, tuple[str, ...]] = {
+    ACTIVE: ("In Progress", "On Hold", "Waiting for Details", "Researching"),
+    RESOLVED: ("Problem Solved", "Information Provided"),
+    CANCELLED: ("Cancelled", "Merged"),
+}
+ORIGINS = ("email", "phone", "web", "chat")
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+# Activity kinds.
+INCOMING_EMAIL, OUTGOING_EMAIL, NOTE, TASK, PHONE_CALL = (
+    "incoming_email",
+    "outgoing_email",
+    "note",
+    "task",
+    "phone_call",
+)
+
+
+class Account(Base):
+    __tablename__ = "account"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    domain: Mapped[str | None] = mapped_column(String(255), index=True)
+    tier: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime]
+
+
+class Contact(Base):
+    __tablename__ = "contact"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("account.id"))
+    created_at: Mapped[datetime]
+    account: Mapped[Account | None] = relationship()
+
+
+class Agent(Base):
+    __tablename__ = "agent"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class Queue(Base):
+    __tablename__ = "queue"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Subject(Base):
+    """A node of the hierarchical subject tree (Billing > Invoice Dispute > Wrong Address)."""
+
+    __tablename__ = "subject"
+    __table_args__ = (UniqueConstraint("parent_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("subject.id"))
+    parent: Mapped[Subject | None] = relationship(remote_side=[id])
+
+
+class Case(Base):
+    __tablename__ = "cases"
+    __table_args__ = (Index("ix_case_queue_status", "queue_id", "status"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reference: Mapped[str] = mapped_column(String(40), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contact.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("account.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=ACTIVE)
+    status_reason: Mapped[str] = mapped_column(String(50), default="In Progress")
+    origin: Mapped[str] = mapped_column(String(20), default="email")
+    priority: Mapped[str] = mapped_column(String(10), default="normal")
+    severity: Mapped[str | None] = mapped_column(String(20))
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subject.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("agent.id"), index=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    first_response_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    resolution_type: Mapped[str | None] = mapped_column(String(50))
+    resolution: Mapped[str | None] = mapped_column(Text)
+    time_spent_minutes: Mapped[int | None]
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    # A reply after the reopen window opens a new case that points back at the old one.
+    previous_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+
+    contact: Mapped[Contact | None] = relationship()
+    queue: Mapped[Queue] = relationship()
+    owner: Mapped[Agent | None] = relationship()
+    activities: Mapped[list[Activity]] = relationship(back_populates="case", order_by="Activity.id")
+
+
+class Activity(Base):
+    __tablename__ = "activity"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime]
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    references: Mapped[str | None] = mapped_column(Text)
+    from_addr: Mapped[str | None] = mapped_column(String(320))
+    from_name: Mapped[str | None] = mapped_column(String(200))
+    to_addrs: Mapped[str | None] = mapped_column(Text)
+    cc_addrs: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    text: Mapped[str | None] = mapped_column(Text)
+    text_stripped: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agent.id"))
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id"))
+
+    case: Mapped[Case] = relationship(back_populates="activities")
+    attachments: Mapped[list[Attachment]] = relationship(back_populates="activity", order_by="Attachment.id")
+
+
+class Attachment(Base):
+    """Metadata of a file stored under the data directory by its SHA-256, never by its name."""
+
+    __tablename__ = "attachment"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activity.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(500), default="")
+    content_type: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_id: Mapped[str | None] = mapped_column(String(500))
+    inline: Mapped[bool] = mapped_column(default=False)
+    activity: Mapped[Activity] = relationship(back_populates="attachments")
+
+
+# Inbound states.
+RECEIVED, PROCESSED, QUARANTINED = "received", "processed", "quarantined"
+
+
+class InboundMessage(Base):
+    """A message exactly as received, stored before the source is told it was accepted."""
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (
+        UniqueConstraint("queue_id", "sha256", name="uq_inbound_queue_sha256"),
+        UniqueConstraint("queue_id", "message_id", name="uq_inbound_queue_message_id"),
+        UniqueConstraint("queue_id", "source", "source_key", name="uq_inbound_queue_source_key"),
+        Index("ix_inbound_state_id", "state", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    source: Mapped[str] = mapped_column(String(20))
+    source_key: Mapped[str | None] = mapped_column(String(500))
+    envelope_from: Mapped[str | None] = mapped_column(String(320))
+    received_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(20), default=RECEIVED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    claimed_until: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(40))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+
+    queue: Mapped[Queue] = relationship()
+
+
+# Outbound states.
+PENDING, SENDING, SENT, FAILED, UNKNOWN = "pending", "sending", "sent", "failed", "unknown"
+
+
+class OutboundMessage(Base):
+    """The transactional outbox: a fully rendered message waiting for the dispatcher."""
+
+    __tablename__ = "outbound_message"
+    __table_args__ = (
+        Index("ix_outbound_state_due", "state", "next_attempt_at"),
+        Index("ix_outbound_recipient_kind_created", "recipient", "kind", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    activity_id: Mapped[int | None] = mapped_column(ForeignKey("activity.id"))
+    kind: Mapped[str] = mapped_column(String(30))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    mail_from: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(320))
+    rcpt_to: Mapped[list[str]] = mapped_column(JSON)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(20), default=PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Counter(Base):
+    """Named sequences (case numbers) that work the same on SQLite and PostgreSQL."""
+
+    __tablename__ = "counter"
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)

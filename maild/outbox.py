@@ -1,0 +1,113 @@
+"""Build outgoing messages safely and queue them in the outbox, inside the caller's transaction.
+
+Headers are built with the email package's ``EmailMessage`` and ``headerregistry.Address``,
+and every value that came from a customer (a subject, a display name) is flattened to one
+line first, so no CR/LF in customer input can ever start a header of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+
+from sqlalchemy.orm import Session
+
+from maild.models import OutboundMessage
+
+ACKNOWLEDGEMENT, REPLY = "acknowledgement", "reply"
+
+
+@dataclass(frozen=True)
+class FileAttachment:
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Everything needed to write one message; built by cases.apply from a template or a relay."""
+
+    kind: str
+    from_name: str
+    from_addr: str
+    to_name: str
+    to_addr: str
+    subject: str
+    text: str
+    html: str | None = None
+    reply_to: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    auto_submitted: bool = False
+    attachments: tuple[FileAttachment, ...] = field(default=())
+
+
+def one_line(value: str) -> str:
+    """Collapse every run of whitespace (CR and LF included) and drop control characters."""
+    return " ".join("".join(ch for ch in value if ch >= " " or ch in "\t\r\n").split())
+
+
+def compose(draft: Draft, message_id: str, now: datetime) -> EmailMessage:
+    """The finished message. Raises ValueError if an address cannot be written safely."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = Address(display_name=one_line(draft.from_name), addr_spec=draft.from_addr)
+    msg["To"] = Address(display_name=one_line(draft.to_name), addr_spec=draft.to_addr)
+    if draft.reply_to:
+        msg["Reply-To"] = Address(addr_spec=draft.reply_to)
+    msg["Subject"] = one_line(draft.subject)
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = message_id
+    if draft.in_reply_to:
+        msg["In-Reply-To"] = draft.in_reply_to
+    refs = [r for r in draft.references if r] or ([draft.in_reply_to] if draft.in_reply_to else [])
+    if refs:
+        msg["References"] = " ".join(refs[-20:])  # bounded: long threads must not grow headers forever
+    if draft.auto_submitted:
+        msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: other robots must not answer us
+        msg["X-Auto-Response-Suppress"] = "All"  # the same request, in Exchange's dialect
+    msg.set_content(draft.text)
+    if draft.html:
+        msg.add_alternative(draft.html, subtype="html")
+    for att in draft.attachments:
+        maintype, _, subtype = att.content_type.partition("/")
+        msg.add_attachment(
+            att.content, maintype=maintype or "application", subtype=subtype or "octet-stream",
+            filename=one_line(att.filename) or None,
+        )
+    return msg
+
+
+def new_message_id(domain: str) -> str:
+    return make_msgid(domain=domain)
+
+
+def enqueue(
+    session: Session,
+    draft: Draft,
+    *,
+    message_id: str,
+    now: datetime,
+    case_id: int | None,
+    activity_id: int | None,
+) -> OutboundMessage:
+    """Add the rendered message to the outbox; it is sent only after the caller commits."""
+    raw = compose(draft, message_id, now).as_bytes()
+    row = OutboundMessage(
+        case_id=case_id,
+        activity_id=activity_id,
+        kind=draft.kind,
+        message_id=message_id,
+        mail_from=draft.from_addr,
+        recipient=draft.to_addr,
+        rcpt_to=[draft.to_addr],
+        raw=raw,
+        created_at=now,
+        next_attempt_at=now,
+    )
+    session.add(row)
+    return row

@@ -1,0 +1,349 @@
+"""Turn the raw bytes of one mail message into an immutable ParsedMail."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.headerregistry import HeaderRegistry, UnstructuredHeader
+from email.message import Message
+from types import MappingProxyType
+from typing import Any
+
+import inscriptis  # type: ignore[import-untyped, unused-ignore]
+import mailparser  # type: ignore[import-untyped, unused-ignore]
+import nh3
+from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped, unused-ignore]
+
+from maild.errors import ParseError
+
+# Every language mailparser_reply ships a quote-header pattern for ("pt" has none;
+# "david" is a vendor format, not a language).
+_REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "sv", "da", "pl", "cs", "ja", "ko", "zh")
+
+# The reply stripper costs ~2 µs per character and language; the latest reply sits at
+# the top, so a pasted 1 MB log must not cost seconds.
+_STRIP_LIMIT = 32_000
+
+# Inline images are referenced as cid: URLs; nh3 would drop them by default.
+_URL_SCHEMES = frozenset(nh3.ALLOWED_URL_SCHEMES | {"cid"})
+# nh3 keeps the text of tags it removes; a <title> is not part of what the sender wrote.
+_DROP_WITH_CONTENT = frozenset(nh3.CLEAN_CONTENT_TAGS | {"title"})
+
+# Decode every header as unstructured text: the specialised stdlib header classes
+# reinterpret values (and have raised on hostile input), we only want the words.
+_UNSTRUCTURED = HeaderRegistry(default_class=UnstructuredHeader, use_default_map=False)
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_BRACKETED = re.compile(r"<([^<>]*)>")
+_ID_TOKEN = re.compile(r"<[^<>]*>|[^\s,<>]+")
+_COMMENT = re.compile(r"\([^()]*\)")
+# mail-parser names an unnamed part with ten random lower-case letters.
+_INVENTED_NAME = re.compile(r"[a-z]{10}\.(?:txt|rtf)")
+
+
+@dataclass(frozen=True)
+class Address:
+    """One mailbox: decoded display name and lower-cased addr-spec."""
+
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class ParsedAttachment:
+    """One attachment; `filename` is sender-supplied data and never a path."""
+
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str | None
+    inline: bool
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    """Everything maild reads from one message, decoded and normalised."""
+
+    message_id: str | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    subject: str
+    sender: Address | None
+    reply_to: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    return_path: str | None
+    date: datetime | None
+    text: str
+    text_stripped: str
+    html: str | None
+    attachments: tuple[ParsedAttachment, ...]
+    # A mapping proxy cannot be hashed; equality still compares it.
+    headers: Mapping[str, tuple[str, ...]] = field(hash=False)
+    content_type: str
+    defects: tuple[str, ...]
+
+    def header(self, name: str) -> str | None:
+        """First decoded value of header `name` (any case), or None if absent."""
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    @property
+    def sender_email(self) -> str | None:
+        """The From addr-spec, or None."""
+        return self.sender.email if self.sender else None
+
+    @property
+    def sender_domain(self) -> str | None:
+        """The lower-case domain of the From address, or None."""
+        email_addr = self.sender_email
+        if email_addr is None or "@" not in email_addr:
+            return None
+        return email_addr.rpartition("@")[2].lower() or None
+
+
+def parse(raw: bytes) -> ParsedMail:
+    """Parse one message; raise ParseError only if `raw` is not mail at all.
+
+    A message that is merely odd (missing Message-ID, bad charset, missing Date,
+    undecodable bytes) parses with best-effort values.
+    """
+    parsed = _read(raw)
+    headers = _header_map(parsed.message)
+    text, html = _bodies(parsed.text_plain, parsed.text_html)
+    senders = _addresses(parsed.from_)
+    return ParsedMail(
+        message_id=normalise_message_id(_first(headers, "message-id")),
+        in_reply_to=_ids(headers, "in-reply-to"),
+        references=_ids(headers, "references"),
+        subject=" ".join(_first(headers, "subject").split()),
+        sender=senders[0] if senders else None,
+        reply_to=_addresses(parsed.reply_to),
+        to=_addresses(parsed.to),
+        cc=_addresses(parsed.cc),
+        return_path=_return_path(headers.get("return-path")),
+        date=_utc(parsed.date),
+        text=text,
+        text_stripped=_strip_quoted(text),
+        html=html,
+        attachments=tuple(_attachment(item, raw) for item in parsed.attachments),
+        headers=headers,
+        content_type=parsed.message.get_content_type().lower(),
+        defects=tuple(sorted(str(name) for name in parsed.defects_categories)),
+    )
+
+
+def normalise_message_id(value: str) -> str | None:
+    """Return `value` as "<local@domain>" (first id, no whitespace), or None if empty."""
+    match = _BRACKETED.search(value)
+    inner = match.group(1) if match else value
+    # Folding can split an id over lines; an id never contains whitespace.
+    inner = "".join(inner.split()).strip("<>")
+    return f"<{inner}>" if inner else None
+
+
+def split_message_ids(value: str) -> tuple[str, ...]:
+    """Read the ids of a References/In-Reply-To value, in order.
+
+    Tolerates missing angle brackets, comma separators, folding and comments.
+    """
+    ids: list[str] = []
+    for token in _ID_TOKEN.findall(_COMMENT.sub(" ", value)):
+        # Bare words are only ids when they look like one; the rest is old-MUA prose.
+        if token.startswith("<") or "@" in token:
+            normalised = normalise_message_id(token)
+            if normalised:
+                ids.append(normalised)
+    return tuple(ids)
+
+
+def _read(raw: bytes) -> Any:
+    """Run mail-parser, turning "this is not mail" into ParseError."""
+    if not raw or raw.isspace():
+        raise ParseError("empty input: there is no message to parse")
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+    except Exception as exc:
+        # Whatever the parser trips over, the caller must get the one error it can
+        # quarantine on, not a crash of the intake worker.
+        raise ParseError(f"unreadable message ({type(exc).__name__}: {exc})") from exc
+    # Message.__len__ counts headers: none means the bytes had no header block.
+    if len(parsed.message) == 0:
+        raise ParseError("no header block: the input does not start with mail headers")
+    return parsed
+
+
+def _header_map(message: Message) -> Mapping[str, tuple[str, ...]]:
+    """All headers, lower-cased name -> every decoded value in wire order."""
+    collected: dict[str, list[str]] = {}
+    for name, value in message.raw_items():
+        collected.setdefault(name.lower(), []).append(_decode_header(str(value)))
+    return MappingProxyType({name: tuple(values) for name, values in collected.items()})
+
+
+def _decode_header(raw: str) -> str:
+    """Unfold and RFC 2047-decode one raw header value."""
+    # Unfolding removes only the line break, so the space of the fold survives
+    # (mail-parser drops it: "Héllo\r\n [CAS-1]" became "Héllo[CAS-1]").
+    text = _LINE_BREAK.sub("", _recover_8bit(raw))
+    if "=?" not in text:
+        return text.strip()
+    try:
+        return str(_UNSTRUCTURED("x-maild", text)).strip()
+    except Exception:  # noqa: BLE001
+        # The stdlib header parser has had crash bugs on crafted encoded words;
+        # the undecoded text is still a usable value.
+        return text.strip()
+
+
+def _recover_8bit(value: str) -> str:
+    """Turn surrogate-escaped raw octets back into text (UTF-8, else Windows-1252)."""
+    if value.isascii():
+        return value
+    return _decode_best_effort(value.encode("utf-8", "surrogateescape"))
+
+
+def _decode_best_effort(data: bytes) -> str:
+    """Decode bytes of unknown charset; Latin-1 accepts every byte, so it never fails."""
+    for charset in ("utf-8", "cp1252"):
+        try:
+            return data.decode(charset)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def _first(headers: Mapping[str, tuple[str, ...]], name: str) -> str:
+    values = headers.get(name)
+    return values[0] if values else ""
+
+
+def _ids(headers: Mapping[str, tuple[str, ...]], name: str) -> tuple[str, ...]:
+    return split_message_ids(" ".join(headers.get(name, ())))
+
+
+def _return_path(values: tuple[str, ...] | None) -> str | None:
+    """First Return-Path addr, lower-cased; "" for the null path "<>"."""
+    if not values:
+        return None
+    match = _BRACKETED.search(values[0])
+    return (match.group(1) if match else values[0]).strip().lower()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    # A naive value has no zone to convert from; treat it as UTC, as mail-parser does.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _addresses(pairs: Iterable[tuple[str, str]] | None) -> tuple[Address, ...]:
+    """Convert mail-parser's (name, addr) pairs, skipping empty addresses."""
+    found: list[Address] = []
+    for name, addr in pairs or ():
+        email_addr = _recover_8bit(str(addr)).strip().lower()
+        if email_addr:
+            # mail-parser leaves encoded words in an unknown charset undecoded.
+            found.append(Address(name=_decode_header(str(name)), email=email_addr))
+    return tuple(found)
+
+
+def _bodies(plain: list[str], html_parts: list[str]) -> tuple[str, str | None]:
+    """The text body (plain parts, else converted HTML) and the sanitised HTML."""
+    texts = [_newlines(_repair_mojibake(part)) for part in plain]
+    raw_html = "\n".join(_newlines(_repair_mojibake(part)) for part in html_parts)
+    html = _sanitise(raw_html) if html_parts else None
+    if texts:
+        return "\n".join(texts), html
+    # inscriptis only reads markup, so it gets the original document; sanitising is
+    # for whoever renders `html`.
+    return inscriptis.get_text(raw_html).strip() if raw_html else "", html
+
+
+def _sanitise(html: str) -> str:
+    return nh3.clean(html, clean_content_tags=_DROP_WITH_CONTENT, url_schemes=_URL_SCHEMES)
+
+
+def _newlines(text: str) -> str:
+    return _LINE_BREAK.sub("\n", text)
+
+
+def _repair_mojibake(text: str) -> str:
+    """Undo UTF-8 octets that were read as Latin-1/Windows-1252 under a wrong charset label.
+
+    Genuine Latin-1 text practically never re-encodes to valid multi-byte UTF-8,
+    so a successful round trip means the label was wrong.
+    """
+    if text.isascii():
+        return text
+    for legacy in ("latin-1", "cp1252"):
+        try:
+            return text.encode(legacy).decode("utf-8")
+        except UnicodeError:
+            continue
+    return text
+
+
+def _strip_quoted(text: str) -> str:
+    """The latest reply of `text` without quoted history; `text` if nothing is left."""
+    head = text[:_STRIP_LIMIT]
+    message = EmailReplyParser(languages=list(_REPLY_LANGUAGES)).read(head)
+    if len(text) > len(head) and len(message.replies) < 2:
+        # No quote header in the head: the whole long text is the latest reply.
+        return text
+    latest = message.latest_reply
+    return latest if isinstance(latest, str) and latest else text
+
+
+def _attachment(item: Mapping[str, Any], raw: bytes) -> ParsedAttachment:
+    """Convert one mail-parser attachment dict."""
+    content_id = str(item.get("content-id") or "").strip().strip("<>").strip()
+    disposition = str(item.get("content-disposition") or "").partition(";")[0]
+    disposition = disposition.strip().lower()
+    content_type = str(item.get("mail_content_type") or "application/octet-stream")
+    return ParsedAttachment(
+        filename=_original_filename(item, raw),
+        content_type=content_type.lower(),
+        content=_payload_bytes(item),
+        content_id=content_id or None,
+        inline=disposition == "inline" or (bool(content_id) and disposition != "attachment"),
+    )
+
+
+def _original_filename(item: Mapping[str, Any], raw: bytes) -> str:
+    """The sender's filename, or "" where mail-parser made one up."""
+    name = str(item.get("filename") or "")
+    content_id = str(item.get("content-id") or "")
+    # mail-parser names a nameless part after its Content-ID, or with random letters
+    # (which would make parsing non-deterministic); neither is the sender's name.
+    if content_id and name == content_id:
+        return ""
+    if _INVENTED_NAME.fullmatch(name) and name.encode() not in raw:
+        return ""
+    return name
+
+
+def _payload_bytes(item: Mapping[str, Any]) -> bytes:
+    """Decoded attachment bytes from mail-parser's base64 (binary) or text payload."""
+    payload = str(item.get("payload") or "")
+    if not item.get("binary"):
+        # Non-binary payloads are flattened MIME entities (e.g. an attached message).
+        return payload.encode("utf-8", "surrogateescape")
+    try:
+        return base64.b64decode(payload)
+    except binascii.Error:
+        return _decode_damaged_base64(payload)
+
+
+def _decode_damaged_base64(payload: str) -> bytes:
+    """Decode base64 leniently, as mail clients do, so broken padding loses no file."""
+    data = re.sub(r"[^A-Za-z0-9+/]", "", payload.partition("=")[0])
+    # A lone trailing character carries no whole byte.
+    usable = len(data) - 1 if len(data) % 4 == 1 else len(data)
+    return base64.b64decode(data[:usable] + "==")

@@ -1,0 +1,283 @@
+"""Email to case, end to end through the ``maild`` CLI, on SQLite and PostgreSQL.
+
+Mail goes in with ``maild inject``, ``maild run --once`` processes it, and the outbox is
+delivered over SMTP to a real aiosmtpd peer on loopback, where the tests read it.
+"""
+
+from __future__ import annotations
+
+from email.utils import getaddresses
+
+from conftest import Env, mail
+
+
+def _only_case(env: Env) -> dict:  # type: ignore[type-arg]
+    cases = env.json("cases", "list")
+    assert len(cases) == 1, cases
+    return cases[0]  # type: ignore[no-any-return]
+
+
+def test_first_mail_creates_case_and_acknowledgement(env: Env) -> None:
+    env.inject(mail(message_id="<first@customer.test>"))
+    assert "processed 1 inbound" in env.ok("run", "--once")
+
+    case = _only_case(env)
+    assert case["title"] == "Printer on fire"
+    assert (case["status"], case["status_reason"], case["queue"]) == ("Active", "In Progress", "support")
+    assert case["customer_email"] == "jane@customer.test"
+    assert case["priority"] == "normal"
+    for key in ("reference", "created_at"):
+        assert case[key]
+
+    [ack] = env.peer.wait_for(1)
+    msg = ack.message
+    assert ack.rcpt_tos == ["jane@customer.test"]
+    assert f"[{case['reference']}]" in msg["Subject"]
+    assert getaddresses([msg["From"]])[0][1] == "support@example.test"
+    assert msg["In-Reply-To"] == "<first@customer.test>"
+    assert "<first@customer.test>" in msg["References"]
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert case["reference"] in msg.get_body(("plain",)).get_content()
+
+    shown = env.json("cases", "show", case["reference"])
+    kinds = [a["kind"] for a in shown["activities"]]
+    assert kinds == ["incoming_email", "outgoing_email"]
+    incoming = shown["activities"][0]
+    assert incoming["message_id"] == "<first@customer.test>"
+    assert incoming["from"] == "jane@customer.test"
+    assert incoming["subject"] == "Printer on fire"
+    assert "printer is on fire" in incoming["text"]
+    assert shown["activities"][1]["message_id"] == msg["Message-ID"]
+    assert shown["activities"][1]["sent_at"] is not None
+    assert env.json("outbox", "list")[0]["state"] == "sent"
+
+
+def test_reply_with_key_in_subject_threads(env: Env) -> None:
+    env.inject(mail())
+    env.ok("run", "--once")
+    ref = _only_case(env)["reference"]
+    # Different client, no In-Reply-To, an encoded and folded subject with an AW: prefix.
+    reply = mail(subject=f"AW: Druckér brennt noch immer — sehr lange Betreffzeile die gefaltet wird [{ref}]",
+                 body="Still burning.\n")
+    assert b"=?utf-8?" in reply
+    env.inject(reply)
+    env.ok("run", "--once")
+
+    case = _only_case(env)
+    assert case["reference"] == ref
+    shown = env.json("cases", "show", ref)
+    assert [a["kind"] for a in shown["activities"]] == ["incoming_email", "outgoing_email", "incoming_email"]
+    assert shown["activities"][-1]["text"].strip() == "Still burning."
+    assert len(env.peer.received) == 1, "a reply must not be acknowledged again"
+
+
+def test_reply_with_only_in_reply_to_threads(env: Env) -> None:
+    env.inject(mail())
+    env.ok("run", "--once")
+    [ack] = env.peer.wait_for(1)
+    ref = _only_case(env)["reference"]
+    reply = mail(subject="Re: Printer on fire", body="It is out now.\n",
+                 headers={"In-Reply-To": ack.message["Message-ID"]})
+    env.inject(reply)
+    env.ok("run", "--once")
+    assert _only_case(env)["reference"] == ref
+    assert len(env.json("cases", "show", ref)["activities"]) == 3
+
+
+def test_reply_with_only_references_threads_onto_earlier_customer_mail(env: Env) -> None:
+    env.inject(mail(message_id="<orig@customer.test>"))
+    env.ok("run", "--once")
+    env.inject(mail(subject="more info", headers={"References": "<unknown@x.test> <orig@customer.test>"}))
+    env.ok("run", "--once")
+    assert len(env.json("cases", "list")) == 1
+
+
+def test_auto_reply_and_bounce_get_no_acknowledgement(env: Env) -> None:
+    env.inject(mail(subject="Out of office", sender="away@customer.test",
+                    headers={"Auto-Submitted": "auto-replied"}))
+    bounce = mail(subject="Undelivered Mail Returned to Sender", sender="MAILER-DAEMON@mx.customer.test",
+                  headers={"Return-Path": "<>"})
+    env.inject(bounce)
+    env.inject(mail(subject="Newsletter", sender="news@list.test", headers={"List-Id": "<news.list.test>",
+                                                                             "Precedence": "list"}))
+    env.inject(mail(subject="Loop", sender="billing@example.test"))
+    env.ok("run", "--once")
+
+    cases = env.json("cases", "list")
+    assert len(cases) == 4, "nothing is dropped: every message is kept as a case"
+    assert env.json("outbox", "list") == []
+    assert env.peer.received == []
+    reasons = {
+        c["customer_email"]: [e for e in env.json("cases", "show", c["reference"])["audit"]
+                              if e["action"] == "acknowledgement_skipped"][0]["details"]["reason"]
+        for c in cases
+    }
+    assert reasons == {
+        "away@customer.test": "auto-submitted",
+        "mailer-daemon@mx.customer.test": "bounce",
+        "news@list.test": "precedence",
+        "billing@example.test": "own-address",
+    }
+
+
+def test_acknowledgements_are_rate_limited_per_sender(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ack_limit=2)
+    for i in range(4):
+        env.inject(mail(subject=f"problem {i}"))
+    env.ok("run", "--once")
+    assert len(env.json("cases", "list")) == 4
+    assert len(env.peer.wait_for(2)) == 2
+    assert len(env.json("outbox", "list")) == 2
+
+
+def test_duplicate_delivery_creates_nothing_new(env: Env) -> None:
+    raw = mail(message_id="<dup@customer.test>")
+    first = env.inject(raw)
+    second = env.inject(raw)
+    assert "duplicate" not in first and "duplicate" in second
+    # Same Message-ID, different bytes (a second relay added a header): still the same message.
+    env.inject(b"Received: from relay2.test\n" + raw)
+    env.ok("run", "--once")
+    # Redelivered after processing, and the same message sent to the other queue too.
+    env.inject(raw)
+    env.inject(raw.replace(b"To: support@example.test", b"To: billing@example.test"), "--queue", "billing")
+    env.ok("run", "--once")
+
+    assert len(env.json("cases", "list")) == 1
+    assert len(env.json("outbox", "list")) == 1
+    inbound = env.json("inbound", "list")
+    assert len(inbound) == 2
+    assert sorted(r["outcome"] for r in inbound) == ["created", "duplicate"]
+
+
+def test_header_injection_is_impossible(env: Env) -> None:
+    raw = (b"From: =?utf-8?b?" + __import__("base64").b64encode("Eve\r\nBcc: victim@evil.test".encode())
+           + b"?= <eve@customer.test>\r\nTo: support@example.test\r\nMessage-ID: <inj@customer.test>\r\n"
+           b"Subject: =?utf-8?b?" + __import__("base64").b64encode("hi\r\nBcc: victim@evil.test\r\nX-Evil: 1".encode())
+           + b"?=\r\n\r\nbody\r\n")
+    env.inject(raw)
+    env.ok("run", "--once")
+    [ack] = env.peer.wait_for(1)
+    assert ack.rcpt_tos == ["eve@customer.test"]
+    msg = ack.message
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    header_block = ack.raw.split(b"\r\n\r\n", 1)[0]
+    assert not any(line.startswith((b"Bcc:", b"X-Evil:")) for line in header_block.split(b"\r\n"))
+    assert "Bcc: victim@evil.test" in msg["Subject"]  # kept as text, on one line
+
+
+def test_agent_reply_is_relayed_to_the_customer(env: Env) -> None:
+    env.inject(mail(message_id="<q@customer.test>"))
+    env.ok("run", "--once")
+    ref = _only_case(env)["reference"]
+    [ack] = env.peer.wait_for(1)
+    agent_mail = mail(subject=f"Re: Printer on fire [{ref}]", sender="Alice Agent <alice@example.test>",
+                      body="Please unplug it first.\n\n> Help, my printer is on fire.\n",
+                      headers={"In-Reply-To": ack.message["Message-ID"]})
+    env.inject(agent_mail)
+    env.ok("run", "--once")
+
+    _, relay = env.peer.wait_for(2)
+    msg = relay.message
+    assert relay.rcpt_tos == ["jane@customer.test"]
+    assert getaddresses([msg["From"]])[0][1] == "support@example.test"
+    assert "Alice Agent" in msg["From"]
+    assert f"[{ref}]" in msg["Subject"]
+    assert msg["In-Reply-To"] == "<q@customer.test>"
+    assert msg["Auto-Submitted"] is None, "a person's reply is not auto-submitted"
+    assert "unplug it first" in msg.get_body(("plain",)).get_content()
+    assert "alice@example.test" not in relay.raw.decode(errors="replace").split("\n\n")[0]
+
+    shown = env.json("cases", "show", ref)
+    assert shown["first_response_at"] is not None
+    assert [a["kind"] for a in shown["activities"]][-1] == "outgoing_email"
+    assert any(e["action"] == "agent_reply" and e["actor"] == "agent:Alice Agent" for e in shown["audit"])
+
+
+def test_agent_mail_without_a_case_is_quarantined(env: Env) -> None:
+    env.inject(mail(subject="hello team", sender="alice@example.test"))
+    env.ok("run", "--once")
+    assert env.json("cases", "list") == []
+    [row] = env.json("inbound", "list", "--quarantined")
+    assert "does not reference a case" in row["error"]
+
+
+def test_customer_reply_to_resolved_case_reopens_within_window(env: Env) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    env.inject(mail())
+    env.ok("run", "--once")
+    ref = _only_case(env)["reference"]
+    resolved_at = datetime.now(timezone.utc) - timedelta(days=1)
+    with env.engine().begin() as conn:
+        conn.execute(sa.text("UPDATE cases SET status='Resolved', status_reason='Problem Solved', resolved_at=:t"),
+                     {"t": resolved_at})
+    env.inject(mail(subject=f"Re: [{ref}] it is back"))
+    env.ok("run", "--once")
+    case = _only_case(env)
+    assert (case["status"], case["status_reason"]) == ("Active", "In Progress")
+    assert any(e["action"] == "reopened" for e in env.json("cases", "show", ref)["audit"])
+
+
+def test_customer_reply_after_window_creates_linked_case(env: Env) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    env.inject(mail())
+    env.ok("run", "--once")
+    ref = _only_case(env)["reference"]
+    with env.engine().begin() as conn:
+        conn.execute(sa.text("UPDATE cases SET status='Resolved', status_reason='Problem Solved', resolved_at=:t"),
+                     {"t": datetime.now(timezone.utc) - timedelta(days=30)})
+    env.inject(mail(subject=f"Re: Printer on fire [{ref}]", body="It is on fire again.\n"))
+    env.ok("run", "--once")
+
+    cases = env.json("cases", "list")
+    assert len(cases) == 2
+    new = next(c for c in cases if c["reference"] != ref)
+    assert new["status"] == "Active"
+    assert env.json("cases", "show", new["reference"])["previous_case"] == ref
+    assert env.json("cases", "show", ref)["status"] == "Resolved"
+    acks = env.peer.wait_for(2)
+    assert f"[{new['reference']}]" in acks[1].message["Subject"]
+
+
+def test_attachments_are_stored_by_hash_not_by_name(env: Env) -> None:
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "jane@customer.test", "support@example.test", "log attached"
+    msg["Message-ID"] = "<att@customer.test>"
+    msg.set_content("see attachment")
+    msg.add_attachment(b"\x00secret-bytes\x01", maintype="application", subtype="octet-stream",
+                       filename="../../../../tmp/evil.sh")
+    env.inject(msg.as_bytes())
+    env.ok("run", "--once")
+    shown = env.json("cases", "show", _only_case(env)["reference"])
+    [att] = shown["activities"][0]["attachments"]
+    assert att["filename"] == "../../../../tmp/evil.sh"
+    stored = env.path / "data" / "attachments" / att["sha256"][:2] / att["sha256"][2:4] / att["sha256"]
+    assert stored.read_bytes() == b"\x00secret-bytes\x01"
+    assert not (env.path / "tmp" / "evil.sh").exists()
+
+
+def test_html_only_mail_is_converted_and_sanitised(env: Env) -> None:
+    from email.message import EmailMessage
+
+    import sqlalchemy as sa
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "jane@customer.test", "support@example.test", "html"
+    msg.set_content('<p>Hello <b>team</b><script>alert(1)</script><a href="javascript:x()" onclick="y()">x</a></p>',
+                    subtype="html")
+    env.inject(msg.as_bytes())
+    env.ok("run", "--once")
+    shown = env.json("cases", "show", _only_case(env)["reference"])
+    assert "Hello team" in " ".join(shown["activities"][0]["text"].split())
+    with env.engine().connect() as conn:
+        html = conn.execute(sa.text("SELECT html FROM activity WHERE kind='incoming_email'")).scalar_one()
+    assert "<script" not in html and "onclick" not in html and "javascript:" not in html
+    assert "<b>team</b>" in html

@@ -293,7 +293,7 @@ def format_validation_error(file: Path, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        lines.append(f"{file.name}: {loc or '(top level)'}: {_describe(err)}")
+        lines.append(f"{file}: {loc or '(top level)'}: {_describe(err)}")
     return "\n".join(lines)
 
 

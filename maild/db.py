@@ -79,12 +79,29 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.commit()
     except OperationalError as exc:
         session.rollback()
-        raise TemporaryFailure(f"database unavailable: {_short(exc)}") from exc
+        if is_temporary(exc):
+            raise TemporaryFailure(f"database unavailable: {_short(exc)}") from exc
+        raise
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
+
+
+_SQLITE_TEMPORARY = ("locked", "busy", "unable to open", "disk i/o", "database or disk is full")
+
+
+def is_temporary(exc: OperationalError) -> bool:
+    """Will this clear by itself? SQLite reports a missing table as OperationalError too, and
+    that needs an admin, so only lock, I/O and connection trouble counts as temporary."""
+    if exc.connection_invalidated:
+        return True
+    text = str(exc.orig).lower()
+    if "sqlite" in type(exc.orig).__module__:
+        return any(word in text for word in _SQLITE_TEMPORARY)
+    # psycopg raises OperationalError for connection trouble; SQL errors are other classes.
+    return True
 
 
 def _short(exc: DBAPIError) -> str:

@@ -170,7 +170,8 @@ def _read(raw: bytes) -> Any:
     except Exception as exc:
         # Whatever the parser trips over, the caller must get the one error it can
         # quarantine on, not a crash of the intake worker.
-        raise ParseError(f"unreadable message ({type(exc).__name__}: {exc})") from exc
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        raise ParseError(f"unreadable message ({reason})") from exc
     # Message.__len__ counts headers: none means the bytes had no header block.
     if len(parsed.message) == 0:
         raise ParseError("no header block: the input does not start with mail headers")

@@ -1,0 +1,97 @@
+"""Configuration: the example is a working default, and every error names file, key and problem."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import MAILD, REPO
+from maild import config
+from maild.errors import ConfigError
+
+
+def run_maild(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """As a user types it: ``maild --config config.toml ...`` from the config's folder."""
+    return subprocess.run([MAILD, "--config", cfg.name, *args], capture_output=True, text=True, timeout=60,
+                          cwd=cfg.parent)
+
+
+def test_example_config_is_valid_and_resolves_paths_against_its_folder() -> None:
+    cfg = config.load(REPO / "config.example.toml")
+    assert cfg.database.url == f"sqlite:///{REPO / 'var' / 'maild.db'}"
+    assert cfg.paths.templates == REPO / "templates"
+    assert cfg.intake.smtp.port == 2525 and cfg.intake.smtp.host == "127.0.0.1"
+    assert cfg.outgoing.transport == "maildir"
+    assert cfg.queue_for_address("Support@Example.TEST") == "support"
+    assert cfg.queue_for_address("billing@example.test") == "billing"
+    assert [a.name for a in cfg.agents] == ["Alice Agent", "Bob Agent"]
+
+
+BAD = [
+    ('[intake.smtp]\nport = "abc"\n', 'intake.smtp.port: expected an integer, got "abc"'),
+    ("[intake.smtp]\nport = 70000\n", "intake.smtp.port: Input should be less than or equal to 65535"),
+    ("[outgoing]\ntransport = \"carrier-pigeon\"\n", "outgoing.transport: expected 'maildir' or 'smtp'"),
+    ("[databse]\nurl = \"x\"\n", "databse: unknown key"),
+    ("[queues.support]\naddresses = [\"not-an-address\"]\n", "queues.support.addresses.0: expected an email address"),
+    ("[queues.support]\nname = \"x\"\n", "queues.support.addresses: required key is missing"),
+    ("[cases]\nreference_prefix = \"c-s\"\n", "reference_prefix: expected 2-10 upper-case letters"),
+    ("[outgoing.smtp]\npassword = \"a\"\npassword_env = \"B\"\n", "give only one of password, password_env"),
+    ("[[agents]]\nname = \"X\"\nemails = [\"support@example.test\"]\n", "is a queue address and cannot be an agent"),
+    ("[queues.Bad]\naddresses = [\"b@example.test\"]\n", "queue names are lower-case"),
+    ("this is not toml", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "expected"), BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_config_names_file_key_and_problem(tmp_path: Path, snippet: str, expected: str) -> None:
+    cfg = tmp_path / "config.toml"
+    base = '[queues.support]\naddresses = ["support@example.test"]\n'
+    cfg.write_text(snippet if "queues.support" in snippet or "toml" in snippet else base + snippet)
+    with pytest.raises(ConfigError) as err:
+        config.load(cfg)
+    assert str(err.value).startswith(f"{cfg}: ")
+    assert expected in str(err.value)
+
+
+def test_bad_config_exits_2_with_one_clear_line_and_no_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[queues.support]\naddresses = ["support@example.test"]\n[intake.smtp]\nport = "abc"\n')
+    for args in (["run", "--once"], ["db", "upgrade"], ["cases", "list"]):
+        result = run_maild(cfg, *args)
+        assert result.returncode == 2, result
+        assert result.stderr.strip() == 'maild: config.toml: intake.smtp.port: expected an integer, got "abc"'
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_maild(tmp_path / "nope.toml", "cases", "list")
+    assert result.returncode == 2
+    assert "nope.toml: no such config file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_from_environment_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "elsewhere.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/x.db"\n[queues.support]\naddresses = ["s@example.test"]\n')
+    result = subprocess.run([MAILD, "db", "upgrade"], capture_output=True, text=True, timeout=60,
+                            env={"MAILD_CONFIG": str(cfg), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "x.db").exists()
+
+
+def test_secrets_inline_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret_file = tmp_path / "smtp.secret"
+    secret_file.write_text("from-file\nignored second line\n")
+    base = '[queues.support]\naddresses = ["s@example.test"]\n[outgoing.smtp]\n'
+    cases = {'password = "inline"': "inline", 'password_env = "MAILD_T_PW"': "from-env",
+             'password_file = "smtp.secret"': "from-file"}
+    monkeypatch.setenv("MAILD_T_PW", "from-env")
+    for line, expected in cases.items():
+        (tmp_path / "c.toml").write_text(base + line + "\n")
+        assert config.load(tmp_path / "c.toml").outgoing.smtp.resolve() == expected
+    monkeypatch.delenv("MAILD_T_PW")
+    (tmp_path / "c.toml").write_text(base + 'password_env = "MAILD_T_PW"\n')
+    with pytest.raises(ConfigError, match="MAILD_T_PW is not set"):
+        config.load(tmp_path / "c.toml").outgoing.smtp.resolve()

@@ -1,0 +1,161 @@
+"""The dispatcher sends each outbox row at most once, backs off on temporary failures, and
+parks a row whose fate is unknown after a crash instead of sending it twice."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from conftest import Env, mail
+from maild import config as config_mod
+from maild.daemon import App
+from maild.dispatch import DispatchRunner, backoff
+from maild.errors import PermanentFailure, TemporaryFailure
+from maild.transport import MemoryTransport, SmtpTransport
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _queued(env: Env, count: int = 1) -> App:
+    for i in range(count):
+        env.inject(mail(subject=f"case {i}"))
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    from maild.processing import IntakeRunner
+
+    IntakeRunner(app.factory, app.intake_context).run_once()
+    return app
+
+
+def _states(env: Env) -> list[tuple[str, int]]:
+    return [(r["state"], r["attempts"]) for r in env.json("outbox", "list")]
+
+
+def test_temporary_failure_backs_off_then_sends(env: Env) -> None:
+    app = _queued(env)
+    clock = FakeClock()
+    transport = MemoryTransport(fail_with=TemporaryFailure("451 try later"))
+    runner = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock)
+    try:
+        assert runner.run_once() == 1
+        assert _states(env) == [("pending", 1)]
+        assert runner.run_once() == 0, "not due again before the backoff runs out"
+        transport.fail_with = None
+        clock.now += timedelta(seconds=2)  # backoff_initial is 1 s in the test config (+-10%)
+        assert runner.run_once() == 1
+    finally:
+        app.engine.dispose()
+    assert _states(env) == [("sent", 2)]
+    assert len(transport.sent) == 1
+
+
+def test_permanent_failure_is_not_retried(env: Env) -> None:
+    app = _queued(env)
+    transport = MemoryTransport(fail_with=PermanentFailure("550 no such user"))
+    runner = DispatchRunner(app.factory, transport, app.config.outgoing, clock=FakeClock())
+    try:
+        runner.run_once()
+        assert runner.run_once() == 0
+    finally:
+        app.engine.dispose()
+    [row] = env.json("outbox", "list")
+    assert row["state"] == "failed" and "550 no such user" in row["last_error"]
+    env.ok("outbox", "retry", str(row["id"]))
+    assert env.json("outbox", "list")[0]["state"] == "pending"
+
+
+def test_gives_up_after_max_attempts(env: Env) -> None:
+    app = _queued(env)
+    clock = FakeClock()
+    runner = DispatchRunner(app.factory, MemoryTransport(fail_with=TemporaryFailure("down")),
+                            app.config.outgoing.model_copy(update={"max_attempts": 3}), clock=clock)
+    try:
+        for _ in range(5):
+            runner.run_once()
+            clock.now += timedelta(hours=2)
+    finally:
+        app.engine.dispose()
+    [row] = env.json("outbox", "list")
+    assert row["state"] == "failed" and row["attempts"] == 3 and "gave up after 3 attempts" in row["last_error"]
+
+
+def test_crash_mid_send_parks_the_row_as_unknown_and_never_resends_it(env: Env) -> None:
+    app = _queued(env)
+    clock = FakeClock()
+    try:
+        # Simulate a process that marked the row 'sending' and died before recording the result.
+        with env.engine().begin() as conn:
+            conn.execute(sa.text("UPDATE outbound_message SET state='sending', attempts=1, claimed_until=:t"),
+                         {"t": clock.now + timedelta(minutes=5)})
+        transport = MemoryTransport()
+        runner = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock)
+        assert runner.run_once() == 0, "still leased: the other process may be alive"
+        clock.now += timedelta(minutes=6)
+        runner.run_once()
+        runner.run_once()
+        assert transport.sent == []
+        [row] = env.json("outbox", "list")
+        assert row["state"] == "unknown" and "maild outbox retry" in row["last_error"]
+        env.ok("outbox", "retry", str(row["id"]))  # the admin checked the relay's log
+        clock.now = datetime.now(timezone.utc) + timedelta(seconds=1)
+        runner.run_once()
+        assert len(transport.sent) == 1
+    finally:
+        app.engine.dispose()
+
+
+def test_rows_are_sent_exactly_once_by_two_dispatchers(env: Env) -> None:
+    app = _queued(env, count=5)  # the ack rate limit in the test config is 5 per sender
+    other = App(config_mod.load(env.config))
+    transport = MemoryTransport()
+    clock = FakeClock()
+    clock.now = datetime.now(timezone.utc) + timedelta(seconds=1)
+    try:
+        a = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock, batch=3)
+        b = DispatchRunner(other.factory, transport, app.config.outgoing, clock=clock, batch=3)
+        a._claim(clock.now)  # a holds a lease on three rows, as if mid-batch
+        assert b.run_once() == 2, "b takes only the rows a did not claim"
+        clock.now += timedelta(minutes=6)  # a's lease ran out without a sending anything
+        assert a.run_once() == 3
+        assert a.run_once() == b.run_once() == 0
+    finally:
+        app.engine.dispose()
+        other.engine.dispose()
+    ids = [e.raw.split(b"Message-ID: ")[1].split(b"\r\n")[0] for e in transport.sent]
+    assert len(ids) == 5 == len(set(ids))
+
+
+def test_smtp_transport_classifies_relay_answers(env: Env) -> None:
+    from maild.config import SmtpRelayConfig
+    from maild.transport import Envelope
+
+    import pytest
+
+    transport = SmtpTransport(SmtpRelayConfig(host="127.0.0.1", port=env.peer.port, timeout=5))
+    envelope = Envelope("support@example.test", ["jane@customer.test"], mail())
+    transport.send(envelope)
+    assert len(env.peer.received) == 1
+    env.peer.refuse_with = "451 4.3.0 busy"
+    with pytest.raises(TemporaryFailure):
+        transport.send(envelope)
+    env.peer.refuse_with = "554 5.7.1 rejected"
+    with pytest.raises(PermanentFailure):
+        transport.send(envelope)
+    from conftest import free_port
+
+    closed = SmtpTransport(SmtpRelayConfig(host="127.0.0.1", port=free_port(), timeout=5))
+    with pytest.raises(TemporaryFailure):
+        closed.send(envelope)
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    assert 27 <= backoff(1, 30, 3600) <= 33
+    assert 108 <= backoff(3, 30, 3600) <= 132
+    assert backoff(20, 30, 3600) <= 3960

@@ -1,0 +1,166 @@
+"""Intake is durable first: the SMTP/LMTP listener and ``maild inject`` against real databases."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import Env, free_port, mail
+from maild.daemon import App
+from maild import config as config_mod
+from maild.intake.smtp import IntakeController, IntakeHandler
+
+
+@contextmanager
+def listener(env: Env) -> Iterator[int]:
+    """The real aiosmtpd listener maild runs, with maild's handler, on a free port."""
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    cfg = app.config
+    controller = IntakeController(IntakeHandler(cfg, app.registry, app.factory, lmtp=cfg.intake.smtp.protocol == "lmtp"),
+                                  cfg)
+    controller.start()
+    try:
+        yield cfg.intake.smtp.port
+    finally:
+        controller.stop()
+        app.engine.dispose()
+
+
+def stored_count(env: Env) -> int:
+    with env.engine().connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM inbound_message")).scalar_one())
+
+
+def test_smtp_accepts_queue_addresses_and_stores_before_250(env: Env) -> None:
+    with listener(env) as port, smtplib.SMTP("127.0.0.1", port) as client:
+        refused = client.sendmail("jane@customer.test", ["support@example.test", "Invoices@Example.test"],
+                                  mail(to="support@example.test, invoices@example.test"))
+        assert refused == {}
+        # The 250 came back, so both rows (one per queue) are committed already.
+        assert stored_count(env) == 2
+    env.ok("run", "--once")
+    # One message to two queues is one case (in the first queue that processed it), not two.
+    assert len(env.json("cases", "list")) == 1
+    assert sorted(r["outcome"] for r in env.json("inbound", "list")) == ["created", "duplicate"]
+
+
+def test_smtp_refuses_unknown_recipient_at_rcpt_with_550(env: Env) -> None:
+    with listener(env) as port, smtplib.SMTP("127.0.0.1", port) as client:
+        client.ehlo()
+        client.mail("jane@customer.test")
+        code, text = client.rcpt("nobody@example.test")
+        assert code == 550 and b"no such queue" in text
+        client.rset()
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("jane@customer.test", ["nobody@example.test"], mail())
+    assert stored_count(env) == 0
+
+
+def test_smtp_refuses_oversized_message_with_552(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(max_size=2048)
+    with listener(env) as port, smtplib.SMTP("127.0.0.1", port) as client:
+        with pytest.raises(smtplib.SMTPResponseException) as err:
+            client.sendmail("jane@customer.test", ["support@example.test"], mail(body="x" * 5000))
+        assert err.value.smtp_code == 552
+    assert stored_count(env) == 0
+
+
+def test_smtp_answers_451_when_the_store_fails_and_nothing_is_lost(env: Env) -> None:
+    raw = mail(message_id="<retry-me@customer.test>")
+    with listener(env) as port:
+        with env.engine().begin() as conn:
+            conn.execute(sa.text("ALTER TABLE inbound_message RENAME TO inbound_message_away"))
+        try:
+            with smtplib.SMTP("127.0.0.1", port) as client, pytest.raises(smtplib.SMTPDataError) as err:
+                client.sendmail("jane@customer.test", ["support@example.test"], raw)
+            assert err.value.smtp_code == 451
+        finally:
+            with env.engine().begin() as conn:
+                conn.execute(sa.text("ALTER TABLE inbound_message_away RENAME TO inbound_message"))
+        # The sender kept the message (451) and retries: now it is stored.
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            assert client.sendmail("jane@customer.test", ["support@example.test"], raw) == {}
+    assert stored_count(env) == 1
+
+
+def test_lmtp_gives_one_status_per_recipient(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = make_env()
+    text = env.config.read_text().replace('port = ', 'protocol = "lmtp"\nport = ', 1)
+    env.config.write_text(text)
+    with listener(env) as port:
+        client = smtplib.LMTP("127.0.0.1", port)
+        try:
+            assert client.sendmail("jane@customer.test", ["support@example.test", "billing@example.test"], mail()) == {}
+        finally:
+            client.quit()
+    assert stored_count(env) == 2
+
+
+def test_inject_stores_and_exits_0(env: Env) -> None:
+    result = env.maild("inject", "--queue", "support", input=mail())
+    assert result.returncode == 0, result.stderr
+    assert b"stored as inbound 1 in queue support" in result.stdout
+    assert stored_count(env) == 1
+
+
+def test_inject_finds_the_queue_from_the_recipients(env: Env) -> None:
+    result = env.maild("inject", input=mail(to="Billing <invoices@example.test>"))
+    assert result.returncode == 0, result.stderr
+    assert b"queue billing" in result.stdout
+
+
+def test_inject_unknown_queue_is_a_clear_error_with_ex_nouser(env: Env) -> None:
+    result = env.maild("inject", "--queue", "sales", input=mail())
+    assert result.returncode == 67
+    assert b"unknown queue 'sales'" in result.stderr and b"Traceback" not in result.stderr
+    result = env.maild("inject", input=mail(to="someone@else.test"))
+    assert result.returncode == 67
+    assert b"pass --queue" in result.stderr
+    assert stored_count(env) == 0
+
+
+def test_inject_empty_input_is_a_data_error(env: Env) -> None:
+    result = env.maild("inject", "--queue", "support", input=b"")
+    assert result.returncode == 65
+    assert b"empty message" in result.stderr
+
+
+def test_inject_temporary_failure_exits_75_so_the_mta_retries(env: Env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A database that cannot be reached: PostgreSQL on a closed port.
+    bad = env.config.read_text().replace(f'url = "{env.db_url}"',
+                                         f'url = "postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"')
+    (tmp_path / "down.toml").write_text(bad)
+    result = env.maild("--config", str(tmp_path / "down.toml"), "inject", "--queue", "support", input=mail())
+    assert result.returncode == 75, result.stderr
+    assert b"temporary failure" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_inject_exits_75_while_sqlite_is_locked(make_env, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's writer lock")
+    env = make_env(busy_timeout=0.2)
+    locker = env.engine().connect()
+    try:
+        locker.exec_driver_sql("SELECT 1")  # our engine begins IMMEDIATE: this connection now holds the write lock
+        result = env.maild("inject", "--queue", "support", input=mail())
+        assert result.returncode == 75, result.stderr
+    finally:
+        locker.rollback()
+        locker.close()
+    assert env.maild("inject", "--queue", "support", input=mail()).returncode == 0
+
+
+def test_daemon_and_inject_refuse_an_out_of_date_schema(make_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = make_env()
+    with env.engine().begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0000'"))
+    run = env.maild("run", "--once")
+    assert run.returncode == 1
+    assert b"run `maild db upgrade`" in run.stderr and b"Traceback" not in run.stderr
+    inject = env.maild("inject", "--queue", "support", input=mail())
+    assert inject.returncode == 75 and b"maild db upgrade" in inject.stderr

@@ -1,0 +1,142 @@
+"""A message that cannot be processed is kept and quarantined with its reason, then retried after a fix."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import REPO, Env, mail
+from maild import config as config_mod
+from maild import inbound
+from maild.daemon import App
+from maild.cases import Outcome
+from maild.processing import IntakeRunner
+
+
+def test_broken_template_quarantines_then_retry_after_fix_creates_the_case(make_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    env: Env = make_env(templates=templates.as_posix())
+    good = (templates / "acknowledgement.txt.j2").read_text()
+    (templates / "acknowledgement.txt.j2").write_text(good.replace("{{ case.reference }}", "{{ case.no_such_field }}"))
+
+    raw = mail(message_id="<poison@customer.test>")
+    env.inject(raw)
+    env.ok("run", "--once")
+    assert env.json("cases", "list") == [], "the case must roll back with its acknowledgement"
+    [row] = env.json("inbound", "list", "--quarantined")
+    assert "no_such_field" in row["error"]
+    shown = env.ok("inbound", "show", str(row["id"]))
+    assert "quarantined" in shown and "no_such_field" in shown
+    raw_out = env.maild("inbound", "show", str(row["id"]), "--raw")
+    assert raw_out.stdout == raw, "the stored bytes are exactly what was received"
+
+    (templates / "acknowledgement.txt.j2").write_text(good)
+    assert "1 message(s) queued" in env.ok("inbound", "retry", str(row["id"]))
+    env.ok("run", "--once")
+    assert len(env.json("cases", "list")) == 1
+    assert env.json("inbound", "list")[0]["state"] == "processed"
+    assert len(env.peer.wait_for(1)) == 1
+
+
+def test_unparseable_bytes_are_quarantined_not_dropped(env: Env) -> None:
+    env.inject(b"\x00\x01\x02 this is not a mail message \xff\xfe", "--queue", "support")
+    env.ok("run", "--once")
+    [row] = env.json("inbound", "list")
+    assert row["state"] == "quarantined"
+    assert row["error"].startswith("cannot parse")
+
+
+def test_retry_all_and_unknown_ids(env: Env) -> None:
+    env.inject(b"\x00garbage one", "--queue", "support")
+    env.inject(b"\x00garbage two", "--queue", "support")
+    env.ok("run", "--once")
+    assert "2 message(s) queued" in env.ok("inbound", "retry", "--all-quarantined")
+    result = env.cli("inbound", "retry", "999")
+    assert result.exit_code == 1 and "no inbound message with id 999" in result.output
+
+
+def test_a_message_that_keeps_killing_workers_is_quarantined_after_max_attempts(env: Env) -> None:
+    """A worker that dies mid-message leaves a lease; after max_attempts leases the message is given up."""
+    env.inject(mail())
+    app = App(config_mod.load(env.config))
+    start = datetime.now(timezone.utc)
+    try:
+        for attempt in range(5):  # five workers claim it and "die" (never finish)
+            now = start + timedelta(minutes=10 * attempt)
+            claimed = inbound.claim(app.factory, now=now, lease=timedelta(minutes=5), max_attempts=5)
+            assert [c.attempts for c in claimed] == [attempt + 1]
+        later = start + timedelta(hours=2)
+        assert inbound.claim(app.factory, now=later, lease=timedelta(minutes=5), max_attempts=5) == []
+    finally:
+        app.engine.dispose()
+    [row] = env.json("inbound", "list")
+    assert row["state"] == "quarantined" and "gave up after 5 attempts" in row["error"]
+
+
+def test_claimed_rows_are_not_claimed_twice_while_leased(env: Env) -> None:
+    for i in range(5):
+        env.inject(mail(subject=f"m{i}"))
+    first, second = App(config_mod.load(env.config)), App(config_mod.load(env.config))
+    now = datetime.now(timezone.utc)
+    try:
+        a = inbound.claim(first.factory, now=now, lease=timedelta(minutes=5), max_attempts=5, limit=3)
+        b = inbound.claim(second.factory, now=now, lease=timedelta(minutes=5), max_attempts=5, limit=3)
+        assert len(a) == 3 and len(b) == 2
+        assert not {c.id for c in a} & {c.id for c in b}
+    finally:
+        first.engine.dispose()
+        second.engine.dispose()
+
+
+def process_while(env: Env, break_it: Callable[[], Callable[[], None]]) -> Outcome:
+    """Claim the pending message, break something, process it, then repair: the outcome."""
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    try:
+        runner = IntakeRunner(app.factory, app.intake_context)
+        [item] = inbound.claim(app.factory, now=datetime.now(timezone.utc), lease=timedelta(minutes=5),
+                               max_attempts=5)
+        repair = break_it()
+        try:
+            return runner.process(item, app.intake_context())
+        finally:
+            repair()
+    finally:
+        app.engine.dispose()
+
+
+def test_a_database_error_that_will_not_clear_quarantines(env: Env) -> None:
+    def rename(a: str, b: str) -> None:
+        with env.engine().begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {a} RENAME TO {b}"))
+
+    def drop_cases() -> Callable[[], None]:
+        rename("cases", "cases_away")
+        return lambda: rename("cases_away", "cases")
+
+    env.inject(mail())
+    # A missing table is not a temporary failure: it is quarantined, with the database's reason.
+    assert process_while(env, drop_cases).action == "quarantined"
+    env.ok("inbound", "retry", "--all-quarantined")
+    env.ok("run", "--once")
+    assert len(env.json("cases", "list")) == 1
+
+
+def test_locked_sqlite_defers_the_message_and_it_is_processed_later(make_env, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's writer lock")
+    env = make_env(busy_timeout=0.2)
+
+    def lock() -> Callable[[], None]:
+        locker = env.engine().connect()
+        locker.exec_driver_sql("SELECT 1")  # our engine begins IMMEDIATE: this holds the write lock
+        return lambda: (locker.rollback(), locker.close())  # type: ignore[func-returns-value]
+
+    env.inject(mail())
+    assert process_while(env, lock).action == "deferred"
+    assert env.json("inbound", "list")[0]["state"] == "received"  # back in line, retried after RETRY_DELAY

@@ -68,10 +68,10 @@ class Daemon:
     def __init__(self, app: App, transport: Transport | None = None) -> None:
         self.app = app
         self.transport = transport or from_config(app.config.outgoing)
+        self._context_value = app.intake_context()
         self.intake = IntakeRunner(app.factory, self._context, clock=app.clock)
         self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock)
         self.runners: list[Runner] = [self.intake, self.dispatch]
-        self._context_value = app.intake_context()
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
         self.stopped = threading.Event()

@@ -4,6 +4,10 @@ A template is one file per body: ``NAME.txt.j2`` (required) and ``NAME.html.j2``
 (optional). The text template sets the subject with ``{% set subject %}…{% endset %}``, so
 subject and body live side by side. StrictUndefined turns a typo into an error at render
 time instead of an empty hole in a customer's mail.
+
+Templates are read into memory when the renderer is built (start-up and SIGHUP), not from
+disk on every render: an admin editing a file cannot half-break the running daemon, and a
+reload that finds an error keeps the templates that were working.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
+from jinja2 import DictLoader, Environment, StrictUndefined, TemplateError, TemplateNotFound
 
 from maild.errors import ConfigError
 
@@ -32,8 +36,15 @@ class Renderer:
         self._env = self._make_env()
 
     def _make_env(self) -> Environment:
+        try:
+            sources = {
+                p.relative_to(self.directory).as_posix(): p.read_text(encoding="utf-8")
+                for p in sorted(self.directory.rglob("*.j2"))
+            }
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.directory}: cannot read templates: {exc}") from None
         return Environment(
-            loader=FileSystemLoader(str(self.directory)),
+            loader=DictLoader(sources),
             undefined=StrictUndefined,
             autoescape=lambda name: bool(name and name.endswith(".html.j2")),
             keep_trailing_newline=True,
@@ -44,17 +55,19 @@ class Renderer:
     def reload(self) -> None:
         self._env = self._make_env()
 
-    def check(self, names: list[str]) -> None:
-        """Fail early (start-up, reload) if a required template is missing or does not compile."""
+    def check(self, required: list[str]) -> None:
+        """Fail early (start-up, reload) if a required template is missing or any does not compile."""
+        names = self._env.list_templates()
+        for name in required:
+            if name + ".txt.j2" not in names:
+                raise ConfigError(f"{self.directory / (name + '.txt.j2')}: template not found")
         for name in names:
-            for suffix in (".txt.j2", ".html.j2"):
-                try:
-                    self._env.get_template(name + suffix)
-                except TemplateNotFound:
-                    if suffix == ".txt.j2":
-                        raise ConfigError(f"{self.directory / (name + suffix)}: template not found") from None
-                except TemplateError as exc:
-                    raise ConfigError(f"{self.directory / (name + suffix)}: {exc}") from None
+            try:
+                self._env.get_template(name)
+            except TemplateError as exc:
+                line = getattr(exc, "lineno", None)
+                where = f" line {line}" if line else ""
+                raise ConfigError(f"{self.directory / name}:{where}: {exc}") from None
 
     def render(self, name: str, context: dict[str, Any]) -> Rendered:
         text_template = self._env.get_template(name + ".txt.j2")

@@ -7,6 +7,7 @@ import click
 from maild import views
 from maild.cli.state import State, pass_state, print_json, print_table
 from maild.db import transaction
+from maild.statuses import ACTIVE, CANCELLED, RESOLVED, status_of
 
 
 @click.group("cases")
@@ -22,6 +23,10 @@ def command() -> None:
 @pass_state
 def list_(state: State, queue: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """List cases, newest first."""
+    if status and status_of(status, state.app.config.cases.status_reasons.all()) is None and \
+            status.capitalize() not in (ACTIVE, RESOLVED, CANCELLED):
+        raise click.BadParameter(f"{status!r} is neither a status nor a status reason (see `maild cases statuses`)",
+                                 param_hint="--status")
     with transaction(state.app.factory) as session:
         rows = views.list_cases(session, queue=queue, status=status, limit=limit)
     if as_json:
@@ -29,6 +34,15 @@ def list_(state: State, queue: str | None, status: str | None, limit: int, as_js
     else:
         print_table(rows, ["reference", "status", "status_reason", "queue", "priority", "customer_email", "title",
                            "created_at"], "no cases")
+
+
+@command.command("statuses")
+@pass_state
+def statuses(state: State) -> None:
+    """List the case statuses and their status reasons (built-in and configured)."""
+    rows = [{"status": s, "status_reason": r} for s, reasons in state.app.config.cases.status_reasons.all().items()
+            for r in reasons]
+    print_table(rows, ["status", "status_reason"], "")
 
 
 @command.command("show")

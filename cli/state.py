@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ pass_state = click.make_pass_decorator(State)
 
 def console() -> Console:
     # Not a terminal (a pipe, a test): do not squeeze tables into 80 columns.
-    width = None if click.get_text_stream("stdout").isatty() else int(os.environ.get("COLUMNS", "200"))
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200"))
     return Console(width=width, soft_wrap=False, highlight=False)
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from maild import statuses
 from maild.errors import ConfigError
 
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
@@ -122,12 +123,28 @@ class OutgoingConfig(_Model):
     message_id_domain: str | None = None
 
 
+NonEmpty = Annotated[str, Field(min_length=1, max_length=50)]
+
+
 class StatusReasonsConfig(_Model):
     """Extra status reasons, added to the built-in ones from Dynamics 365's case model."""
 
-    active: tuple[str, ...] = ()
-    resolved: tuple[str, ...] = ()
-    cancelled: tuple[str, ...] = ()
+    active: tuple[NonEmpty, ...] = ()
+    resolved: tuple[NonEmpty, ...] = ()
+    cancelled: tuple[NonEmpty, ...] = ()
+
+    def all(self) -> dict[str, tuple[str, ...]]:
+        return statuses.with_extras(self.active, self.resolved, self.cancelled)
+
+    @model_validator(mode="after")
+    def _each_reason_once(self) -> StatusReasonsConfig:
+        seen: dict[str, str] = {}
+        for status, names in self.all().items():
+            for name in names:
+                if name.lower() in seen and seen[name.lower()] != status:
+                    raise ValueError(f"status reason {name!r} is both {seen[name.lower()]} and {status}")
+                seen[name.lower()] = status
+        return self
 
 
 class CasesConfig(_Model):

@@ -28,6 +28,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from maild.statuses import ACTIVE, CANCELLED, RESOLVED
+
+__all__ = ["ACTIVE", "CANCELLED", "RESOLVED"]  # re-exported: cases and views use them with the models
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """A DateTime that always comes back timezone-aware in UTC, on SQLite and PostgreSQL alike."""
@@ -64,13 +68,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON}
 
 
-# Case states and their reasons, as in Dynamics 365 Customer Service.
-ACTIVE, RESOLVED, CANCELLED = "Active", "Resolved", "Cancelled"
-DEFAULT_STATUS_REASONS: dict[str, tuple[str, ...]] = {
-    ACTIVE: ("In Progress", "On Hold", "Waiting for Details", "Researching"),
-    RESOLVED: ("Problem Solved", "Information Provided"),
-    CANCELLED: ("Cancelled", "Merged"),
-}
 ORIGINS = ("email", "phone", "web", "chat")
 PRIORITIES = ("low", "normal", "high", "urgent")
 

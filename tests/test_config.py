@@ -95,3 +95,18 @@ def test_secrets_inline_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "c.toml").write_text(base + 'password_env = "MAILD_T_PW"\n')
     with pytest.raises(ConfigError, match="MAILD_T_PW is not set"):
         config.load(tmp_path / "c.toml").outgoing.smtp.resolve()
+
+
+def test_status_reasons_extend_the_built_in_ones(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[queues.support]\naddresses = ["s@example.test"]\n'
+                   '[cases.status_reasons]\nactive = ["Waiting for Vendor"]\nresolved = ["Workaround Given"]\n')
+    result = run_maild(cfg, "cases", "statuses")
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    for expected in ("Active In Progress", "Active Waiting for Vendor", "Resolved Workaround Given",
+                     "Cancelled Merged"):
+        assert expected in lines
+    cfg.write_text('[queues.support]\naddresses = ["s@example.test"]\n[cases.status_reasons]\nresolved = ["On Hold"]\n')
+    with pytest.raises(ConfigError, match="'On Hold' is both Active and Resolved"):
+        config.load(cfg)

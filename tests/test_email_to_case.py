@@ -281,3 +281,23 @@ def test_html_only_mail_is_converted_and_sanitised(env: Env) -> None:
         html = conn.execute(sa.text("SELECT html FROM activity WHERE kind='incoming_email'")).scalar_one()
     assert "<script" not in html and "onclick" not in html and "javascript:" not in html
     assert "<b>team</b>" in html
+
+
+def test_case_list_filters_and_tables(env: Env) -> None:
+    env.inject(mail(subject="support one"))
+    env.inject(mail(subject="billing one", to="billing@example.test"))
+    env.ok("run", "--once")
+    assert [c["title"] for c in env.json("cases", "list", "--queue", "billing")] == ["billing one"]
+    assert len(env.json("cases", "list", "--status", "in progress")) == 2
+    assert env.json("cases", "list", "--status", "Resolved") == []
+    bad = env.cli("cases", "list", "--status", "Sleeping")
+    assert bad.exit_code == 2 and "neither a status nor a status reason" in bad.output
+    table = env.ok("cases", "list").splitlines()
+    assert table[0].split()[:3] == ["reference", "status", "status"]
+    assert len(table) == 3
+    # Columns line up: the title column starts at the same offset on every row.
+    assert len({line.index("one") for line in table[1:]}) == 1
+    shown = env.ok("cases", "show", env.json("cases", "list", "--queue", "billing")[0]["reference"])
+    assert "billing one" in shown and "incoming email" in shown
+    missing = env.cli("cases", "show", "CAS-99999-ZZZZZZ")
+    assert missing.exit_code == 1 and "no case CAS-99999-ZZZZZZ" in missing.output

@@ -111,6 +111,8 @@ class SmtpRelayConfig(Secret):
     user: str | None = None
     timeout: float = Field(default=30.0, gt=0)
     local_hostname: str | None = None
+    # A private CA for the relay's certificate; the system's CAs are used when unset.
+    ca_file: Path | None = None
 
 
 class OutgoingConfig(_Model):
@@ -269,8 +271,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(value, str):
             data[section][key] = str(base / value)
     smtp = data.get("outgoing", {}).get("smtp") if isinstance(data.get("outgoing"), dict) else None
-    if isinstance(smtp, dict) and isinstance(smtp.get("password_file"), str):
-        data["outgoing"]["smtp"] = {**smtp, "password_file": str(base / smtp["password_file"])}
+    for key in ("password_file", "ca_file"):
+        if isinstance(smtp, dict) and isinstance(smtp.get(key), str):
+            smtp = data["outgoing"]["smtp"] = {**smtp, key: str(base / smtp[key])}
     for section, key in (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir")):
         data.setdefault(section, {})
         if isinstance(data[section], dict) and key not in data[section]:

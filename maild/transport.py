@@ -62,6 +62,9 @@ class SmtpTransport:
         try:
             with self._connect() as smtp:
                 smtp.sendmail(envelope.mail_from, envelope.rcpt_to, envelope.raw)
+        except smtplib.SMTPAuthenticationError as exc:
+            # Credentials get fixed (a rotated password_file): keep the mail and retry.
+            raise TemporaryFailure(f"SMTP relay refused the login: {exc.smtp_code} {exc.smtp_error!r}") from exc
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise _by_code(min(codes), f"recipients refused: {exc.recipients}") from exc
@@ -72,15 +75,15 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         c = self.config
+        context = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
         if c.security == "ssl":
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                c.host, c.port, timeout=c.timeout, local_hostname=c.local_hostname,
-                context=ssl.create_default_context(),
+                c.host, c.port, timeout=c.timeout, local_hostname=c.local_hostname, context=context
             )
         else:
             smtp = smtplib.SMTP(c.host, c.port, timeout=c.timeout, local_hostname=c.local_hostname)
             if c.security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=context)
         if c.user:
             smtp.login(c.user, c.resolve() or "")
         return smtp

@@ -69,8 +69,8 @@ class Daemon:
         self.app = app
         self.transport = transport or from_config(app.config.outgoing)
         self._context_value = app.intake_context()
-        self.intake = IntakeRunner(app.factory, self._context, clock=app.clock)
         self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock)
+        self.intake = IntakeRunner(app.factory, self._context, clock=app.clock, on_processed=self.dispatch.poke)
         self.runners: list[Runner] = [self.intake, self.dispatch]
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None

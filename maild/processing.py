@@ -35,8 +35,10 @@ class IntakeRunner(Runner):
         context: Callable[[], IntakeContext],
         clock: Clock = utcnow,
         batch: int = 20,
+        on_processed: Callable[[], None] = lambda: None,
     ) -> None:
         self.factory = factory
+        self.on_processed = on_processed  # wakes the dispatcher: acknowledgements go out at once
         self.context = context  # a callable: SIGHUP swaps in a new context between messages
         self.clock = clock
         self.batch = batch
@@ -57,6 +59,8 @@ class IntakeRunner(Runner):
                 inbound.release(self.factory, item.id)  # hand it back rather than wait out the lease
                 continue
             self.process(item, ctx)
+        if claimed:
+            self.on_processed()
         return len(claimed)
 
     def process(self, item: inbound.Claimed, ctx: IntakeContext) -> Outcome:

@@ -45,6 +45,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'maild.db'}"
         return
     base = os.environ.get(PG_ENV)
+    if not base and os.environ.get("CI"):
+        pytest.fail(f"CI must run the PostgreSQL tests: set {PG_ENV}")
     if not base:
         pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
     schema = "t_" + secrets.token_hex(6)

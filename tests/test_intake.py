@@ -140,9 +140,8 @@ def test_inject_temporary_failure_exits_75_so_the_mta_retries(env: Env, tmp_path
     assert b"temporary failure" in result.stderr and b"Traceback" not in result.stderr
 
 
-def test_inject_exits_75_while_sqlite_is_locked(make_env, db_url: str) -> None:  # type: ignore[no-untyped-def]
-    if not db_url.startswith("sqlite"):
-        pytest.skip("SQLite's writer lock")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # SQLite's writer lock
+def test_inject_exits_75_while_sqlite_is_locked(make_env) -> None:  # type: ignore[no-untyped-def]
     env = make_env(busy_timeout=0.2)
     locker = env.engine().connect()
     try:

@@ -127,9 +127,8 @@ def test_a_database_error_that_will_not_clear_quarantines(env: Env) -> None:
     assert len(env.json("cases", "list")) == 1
 
 
-def test_locked_sqlite_defers_the_message_and_it_is_processed_later(make_env, db_url: str) -> None:  # type: ignore[no-untyped-def]
-    if not db_url.startswith("sqlite"):
-        pytest.skip("SQLite's writer lock")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # SQLite's writer lock
+def test_locked_sqlite_defers_the_message_and_it_is_processed_later(make_env) -> None:  # type: ignore[no-untyped-def]
     env = make_env(busy_timeout=0.2)
 
     def lock() -> Callable[[], None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maild import attachments, safety, threader
@@ -294,11 +295,17 @@ def _case(session: Session, d: Disposition) -> Case:
 def _contact_for(session: Session, mail: ParsedMail, now: datetime) -> Contact:
     if mail.sender is None:
         raise ProcessingError("the message has no usable From address")
-    contact = session.scalar(select(Contact).where(Contact.email == mail.sender.email))
+    email = mail.sender.email
+    contact = session.scalar(select(Contact).where(Contact.email == email))
     if contact is None:
-        contact = Contact(email=mail.sender.email, name=mail.sender.name, created_at=now)
-        session.add(contact)
-        session.flush()
+        try:
+            with session.begin_nested():  # another worker may be creating the same contact
+                contact = Contact(email=email, name=mail.sender.name, created_at=now)
+                session.add(contact)
+        except IntegrityError:
+            contact = session.scalar(select(Contact).where(Contact.email == email))
+            if contact is None:
+                raise
     elif not contact.name and mail.sender.name:
         contact.name = mail.sender.name
     return contact

@@ -235,6 +235,7 @@ class Config(_Model):
 
 
 _PATH_KEYS = (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir"))
+_SMTP_PATH_KEYS = ("password_file", "ca_file")
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -265,26 +266,26 @@ def from_dict(data: dict[str, Any], file: Path) -> Config:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Copy of ``data`` with every path key (given or defaulted) absolute against ``base``."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for section, key in _PATH_KEYS:
-        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            continue  # wrong type: validation reports it
+        default = getattr(Config.model_fields[section].default, key)
+        value = table.get(key, str(default))
         if isinstance(value, str):
-            data[section][key] = str(base / value)
-    smtp = data.get("outgoing", {}).get("smtp") if isinstance(data.get("outgoing"), dict) else None
-    for key in ("password_file", "ca_file"):
-        if isinstance(smtp, dict) and isinstance(smtp.get(key), str):
-            smtp = data["outgoing"]["smtp"] = {**smtp, key: str(base / smtp[key])}
-    for section, key in (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir")):
-        data.setdefault(section, {})
-        if isinstance(data[section], dict) and key not in data[section]:
-            default = getattr(Config.model_fields[section].default, key)
-            data[section][key] = str(base / default)
-    db = data.get("database")
-    url = db.get("url") if isinstance(db, dict) else None
-    if isinstance(url, str):
-        data["database"]["url"] = resolve_sqlite_url(url, base)
-    elif isinstance(db, dict) or db is None:
-        data["database"] = {**(db or {}), "url": resolve_sqlite_url(DatabaseConfig().url, base)}
+            table[key] = str(base / value)
+    outgoing = data.get("outgoing")
+    smtp = outgoing.get("smtp") if isinstance(outgoing, dict) else None
+    if isinstance(smtp, dict):
+        outgoing["smtp"] = {k: str(base / v) if k in _SMTP_PATH_KEYS and isinstance(v, str) else v  # type: ignore[index]
+                            for k, v in smtp.items()}
+    db = data.setdefault("database", {})
+    if isinstance(db, dict):
+        url = db.get("url", DatabaseConfig().url)
+        if isinstance(url, str):
+            db["url"] = resolve_sqlite_url(url, base)
     return data
 
 

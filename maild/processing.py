@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 from typing import Callable
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import inbound
@@ -71,7 +72,9 @@ class IntakeRunner(Runner):
         try:
             with transaction(self.factory) as session:
                 outcome = apply(session, ctx, item.id, mail, self.clock())
-        except TemporaryFailure as exc:
+        except (TemporaryFailure, IntegrityError) as exc:
+            # IntegrityError: another worker created the same contact or row first; the
+            # retry sees its row and threads onto it.
             log.warning("inbound %d: temporary failure, will retry: %s", item.id, exc)
             try:
                 inbound.release(self.factory, item.id, until=self.clock() + RETRY_DELAY)

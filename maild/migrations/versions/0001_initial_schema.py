@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 11:36:32.354554
+Create Date: 2026-11-23
 """
 
 from __future__ import annotations
@@ -226,6 +226,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_outbound_state_due', ['state', 'next_attempt_at'], unique=False)
 
     # ### end Alembic commands ###
+    # Seed the case-number counter, so concurrent first cases on PostgreSQL never race to insert it.
+    counter = sa.table("counter", sa.column("name", sa.String), sa.column("value", sa.Integer))
+    op.bulk_insert(counter, [{"name": "case", "value": 0}])
 
 
 def downgrade() -> None:

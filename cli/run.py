@@ -6,7 +6,6 @@ import click
 
 from maild import logs
 from maild.cli.state import State, pass_state
-from maild.daemon import Daemon, run_once
 
 
 @click.command("run")
@@ -14,6 +13,8 @@ from maild.daemon import Daemon, run_once
 @pass_state
 def command(state: State, once: bool) -> None:
     """Run maild: listen for mail, turn it into cases, and send what is due."""
+    from maild.daemon import Daemon, run_once  # the runners and the SMTP server: only `run` needs them
+
     app = state.app
     logs.setup(app.config.logging)
     app.prepare()

@@ -6,14 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from maild.daemon import App
+from maild.app import App
 from maild import config as config_mod
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class State:
@@ -37,6 +38,8 @@ pass_state = click.make_pass_decorator(State)
 
 
 def console() -> Console:
+    from rich.console import Console
+
     # Not a terminal (a pipe, a test): do not squeeze tables into 80 columns.
     width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200"))
     return Console(width=width, soft_wrap=False, highlight=False)
@@ -50,6 +53,8 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> N
     if not rows:
         click.echo(empty)
         return
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in columns:
         table.add_column(col.replace("_", " "), overflow="fold")

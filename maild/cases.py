@@ -38,7 +38,7 @@ from maild.models import (
     OutboundMessage,
     Queue,
 )
-from maild.outbox import ACKNOWLEDGEMENT, REPLY, Draft, FileAttachment, enqueue, new_message_id
+from maild.outbox import ACKNOWLEDGEMENT, REPLY, Draft, FileAttachment, compose, new_message_id, outbox_row
 from maild.parse import ParsedMail
 from maild.refkeys import clean_title, make_reference, tag_subject
 from maild.registry import Registry
@@ -74,6 +74,8 @@ class Outcome:
             parts.append(f"via {self.via}")
         if self.action in ("created", "follow_up"):
             parts.append("acknowledged" if self.acknowledged else f"not acknowledged ({self.note})")
+        elif self.action == "quarantined":
+            parts.append(f"reason: {self.note}")
         elif self.note:
             parts.append(f"({self.note})")
         return " ".join(parts)
@@ -349,23 +351,27 @@ def _addresses(mail_addrs: tuple[Any, ...]) -> str:
     return ", ".join(a.email for a in mail_addrs)
 
 
+def _attachment_rows(ctx: IntakeContext, mail: ParsedMail) -> list[Attachment]:
+    """Store each attachment's bytes by hash and return its metadata rows."""
+    return [
+        Attachment(filename=att.filename[:500], content_type=att.content_type[:200], size=len(att.content),
+                   sha256=attachments.store(ctx.data_dir, att.content), content_id=att.content_id,
+                   inline=att.inline)
+        for att in mail.attachments
+    ]
+
+
 def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound: InboundMessage,
                        mail: ParsedMail, now: datetime) -> Activity:
     activity = Activity(
-        case_id=case.id, kind=INCOMING_EMAIL, created_at=now, message_id=mail.message_id,
+        case=case, kind=INCOMING_EMAIL, created_at=now, message_id=mail.message_id,
         in_reply_to=" ".join(mail.in_reply_to) or None, references=" ".join(mail.references) or None,
         from_addr=mail.sender_email, from_name=mail.sender.name if mail.sender else None,
         to_addrs=_addresses(mail.to), cc_addrs=_addresses(mail.cc), subject=mail.subject, sent_at=mail.date,
         text=mail.text, text_stripped=mail.text_stripped, html=mail.html, inbound_id=inbound.id,
+        attachments=_attachment_rows(ctx, mail),
     )
     session.add(activity)
-    session.flush()
-    for att in mail.attachments:
-        digest = attachments.store(ctx.data_dir, att.content)
-        session.add(Attachment(
-            activity_id=activity.id, filename=att.filename[:500], content_type=att.content_type[:200],
-            size=len(att.content), sha256=digest, content_id=att.content_id, inline=att.inline,
-        ))
     case.updated_at = now
     return activity
 
@@ -373,24 +379,24 @@ def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound
 def _outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: Draft, now: datetime, *,
                        agent_id: int | None = None, inbound: InboundMessage | None = None,
                        mail: ParsedMail | None = None) -> Activity:
-    """Record an outgoing mail on the case and put it in the outbox, under one Message-ID."""
+    """Record an outgoing mail on the case and put it in the outbox, under one Message-ID.
+
+    The message is composed first, so an address the email package refuses (ValueError)
+    leaves nothing behind in the session.
+    """
     domain = ctx.config.outgoing.message_id_domain or draft.from_addr.rpartition("@")[2]
     message_id = new_message_id(domain)
+    raw = compose(draft, message_id, now).as_bytes()
     activity = Activity(
-        case_id=case.id, kind=OUTGOING_EMAIL, created_at=now, message_id=message_id,
+        case=case, kind=OUTGOING_EMAIL, created_at=now, message_id=message_id,
         in_reply_to=draft.in_reply_to, references=" ".join(draft.references) or None,
         from_addr=draft.from_addr, from_name=draft.from_name, to_addrs=draft.to_addr, subject=draft.subject,
         sent_at=None, text=draft.text, text_stripped=mail.text_stripped if mail else draft.text, html=draft.html,
         agent_id=agent_id, inbound_id=inbound.id if inbound else None,
+        attachments=_attachment_rows(ctx, mail) if mail else [],
     )
     session.add(activity)
-    session.flush()
-    for att in mail.attachments if mail else ():
-        digest = attachments.store(ctx.data_dir, att.content)
-        session.add(Attachment(activity_id=activity.id, filename=att.filename[:500],
-                               content_type=att.content_type[:200], size=len(att.content), sha256=digest,
-                               content_id=att.content_id, inline=att.inline))
-    enqueue(session, draft, message_id=message_id, now=now, case_id=case.id, activity_id=activity.id)
+    session.add(outbox_row(draft, raw, message_id=message_id, now=now, case_id=case.id, activity=activity))
     case.updated_at = now
     return activity
 
@@ -423,8 +429,7 @@ def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedM
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
     )
     try:
-        with session.begin_nested():  # a refused address must not leave half an activity behind
-            _outgoing_activity(session, ctx, case, draft, now)
+        _outgoing_activity(session, ctx, case, draft, now)
     except ValueError as exc:  # an address the email package refuses to write
         return False, f"cannot address acknowledgement: {exc}"
     return True, None

@@ -11,17 +11,11 @@ import logging
 import signal
 import threading
 from dataclasses import replace
-from pathlib import Path
 from types import FrameType
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from maild import config as config_mod
-from maild import db, registry
+from maild.app import REQUIRED_TEMPLATES, App
 from maild.cases import IntakeContext
-from maild.clock import Clock, utcnow
-from maild.config import Config
 from maild.dispatch import DispatchRunner
 from maild.errors import ConfigError
 from maild.intake.smtp import IntakeController, IntakeHandler
@@ -31,36 +25,6 @@ from maild.templates import Renderer
 from maild.transport import Transport, from_config
 
 log = logging.getLogger("maild.daemon")
-
-REQUIRED_TEMPLATES = ["acknowledgement"]
-
-
-class App:
-    """The wiring every entry point shares: config, database, templates and registry."""
-
-    def __init__(self, config: Config, *, engine: Engine | None = None, clock: Clock = utcnow) -> None:
-        self.config = config
-        self.engine = engine or db.make_engine(config.database.url, config.database.echo, config.database.busy_timeout)
-        self.factory: sessionmaker[Session] = db.make_sessionmaker(self.engine)
-        self.clock = clock
-        self.renderer = Renderer(config.paths.templates)
-        self._registry: registry.Registry | None = None
-
-    def prepare(self) -> None:
-        """Everything that must hold before work starts; raises with the fix in the message."""
-        db.check_schema(self.engine)
-        self.renderer.check(REQUIRED_TEMPLATES)
-        self._registry = registry.sync(self.factory, self.config)
-
-    @property
-    def registry(self) -> registry.Registry:
-        if self._registry is None:
-            self._registry = registry.sync(self.factory, self.config)
-        return self._registry
-
-    def intake_context(self) -> IntakeContext:
-        return IntakeContext(self.config, self.registry, self.renderer)
-
 
 class Daemon:
     """``maild run``: start everything, wait for a signal, stop cleanly."""
@@ -153,5 +117,3 @@ def run_once(app: App, transport: Transport | None = None) -> tuple[int, int]:
     return processed, sent
 
 
-def load_app(path: str | Path, clock: Clock = utcnow) -> App:
-    return App(config_mod.load(path), clock=clock)

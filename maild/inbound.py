@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.db import transaction
 from maild.errors import NotFound
 from maild.models import QUARANTINED, RECEIVED, InboundMessage
-from maild.parse import normalise_message_id
+from maild.msgids import normalise_message_id
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,8 @@ class OutboundMessage(Base):
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
 
+    activity: Mapped[Activity | None] = relationship()
+
 
 class AuditEvent(Base):
     __tablename__ = "audit_event"

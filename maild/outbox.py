@@ -14,9 +14,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
-from sqlalchemy.orm import Session
-
-from maild.models import OutboundMessage
+from maild.models import Activity, OutboundMessage
 
 ACKNOWLEDGEMENT, REPLY = "acknowledgement", "reply"
 
@@ -86,20 +84,12 @@ def new_message_id(domain: str) -> str:
     return make_msgid(domain=domain)
 
 
-def enqueue(
-    session: Session,
-    draft: Draft,
-    *,
-    message_id: str,
-    now: datetime,
-    case_id: int | None,
-    activity_id: int | None,
-) -> OutboundMessage:
-    """Add the rendered message to the outbox; it is sent only after the caller commits."""
-    raw = compose(draft, message_id, now).as_bytes()
-    row = OutboundMessage(
+def outbox_row(draft: Draft, raw: bytes, *, message_id: str, now: datetime, case_id: int | None,
+               activity: Activity | None) -> OutboundMessage:
+    """The outbox row for a composed message; it is sent only after the caller commits."""
+    return OutboundMessage(
         case_id=case_id,
-        activity_id=activity_id,
+        activity=activity,
         kind=draft.kind,
         message_id=message_id,
         mail_from=draft.from_addr,
@@ -109,5 +99,3 @@ def enqueue(
         created_at=now,
         next_attempt_at=now,
     )
-    session.add(row)
-    return row

@@ -19,6 +19,9 @@ import nh3
 from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped, unused-ignore]
 
 from maild.errors import ParseError
+from maild.msgids import normalise_message_id, split_message_ids
+
+__all__ = ["Address", "ParsedAttachment", "ParsedMail", "normalise_message_id", "parse", "split_message_ids"]
 
 # Every language mailparser_reply ships a quote-header pattern for ("pt" has none;
 # "david" is a vendor format, not a language).
@@ -39,8 +42,6 @@ _UNSTRUCTURED = HeaderRegistry(default_class=UnstructuredHeader, use_default_map
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _BRACKETED = re.compile(r"<([^<>]*)>")
-_ID_TOKEN = re.compile(r"<[^<>]*>|[^\s,<>]+")
-_COMMENT = re.compile(r"\([^()]*\)")
 # mail-parser names an unnamed part with ten random lower-case letters.
 _INVENTED_NAME = re.compile(r"[a-z]{10}\.(?:txt|rtf)")
 
@@ -135,30 +136,6 @@ def parse(raw: bytes) -> ParsedMail:
         content_type=parsed.message.get_content_type().lower(),
         defects=tuple(sorted(str(name) for name in parsed.defects_categories)),
     )
-
-
-def normalise_message_id(value: str) -> str | None:
-    """Return `value` as "<local@domain>" (first id, no whitespace), or None if empty."""
-    match = _BRACKETED.search(value)
-    inner = match.group(1) if match else value
-    # Folding can split an id over lines; an id never contains whitespace.
-    inner = "".join(inner.split()).strip("<>")
-    return f"<{inner}>" if inner else None
-
-
-def split_message_ids(value: str) -> tuple[str, ...]:
-    """Read the ids of a References/In-Reply-To value, in order.
-
-    Tolerates missing angle brackets, comma separators, folding and comments.
-    """
-    ids: list[str] = []
-    for token in _ID_TOKEN.findall(_COMMENT.sub(" ", value)):
-        # Bare words are only ids when they look like one; the rest is old-MUA prose.
-        if token.startswith("<") or "@" in token:
-            normalised = normalise_message_id(token)
-            if normalised:
-                ids.append(normalised)
-    return tuple(ids)
 
 
 def _read(raw: bytes) -> Any:

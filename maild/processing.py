@@ -1,8 +1,10 @@
 """The intake runner: claim stored inbound messages, parse them, and hand them to cases.apply.
 
-Parsing happens outside the write transaction (it is the slow part) and the write is
-one transaction per message. Whatever goes wrong with one message quarantines that
-message with its reason, and the runner moves on to the next.
+Parsing happens outside the write transaction (it is the slow part). The claimed batch
+is then written in one transaction, each message inside a savepoint of its own: one
+commit (one fsync) per batch instead of per message, while whatever goes wrong with one
+message rolls back only that message, which is quarantined with its reason in the same
+commit. A temporary database failure defers the whole batch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from maild import inbound
 from maild.cases import IntakeContext, Outcome, apply
 from maild.clock import Clock, utcnow
 from maild.db import transaction
-from maild.errors import MaildError, ParseError, ProcessingError, TemporaryFailure
+from maild.errors import MaildError, ParseError, TemporaryFailure
+from maild.models import QUARANTINED, InboundMessage
 from maild.parse import ParsedMail, parse
 from maild.runner import Runner
 
@@ -39,12 +42,11 @@ class IntakeRunner(Runner):
         on_processed: Callable[[], None] = lambda: None,
     ) -> None:
         self.factory = factory
-        self.on_processed = on_processed  # wakes the dispatcher: acknowledgements go out at once
-        self.context = context  # a callable: SIGHUP swaps in a new context between messages
+        self.context = context  # a callable: SIGHUP swaps in a new context between batches
         self.clock = clock
         self.batch = batch
-        ctx = context()
-        super().__init__(idle_seconds=ctx.config.intake.poll_interval)
+        self.on_processed = on_processed  # wakes the dispatcher: acknowledgements go out at once
+        super().__init__(idle_seconds=context().config.intake.poll_interval)
 
     def run_once(self) -> int:
         ctx = self.context()
@@ -55,46 +57,78 @@ class IntakeRunner(Runner):
             max_attempts=ctx.config.intake.max_attempts,
             limit=self.batch,
         )
-        for item in claimed:
-            if self.stopping.is_set():
-                inbound.release(self.factory, item.id)  # hand it back rather than wait out the lease
-                continue
-            self.process(item, ctx)
+        if self.stopping.is_set():
+            for item in claimed:  # hand them back rather than make them wait out the lease
+                inbound.release(self.factory, item.id)
+            return 0
         if claimed:
+            self.process_batch(claimed, ctx)
             self.on_processed()
         return len(claimed)
 
     def process(self, item: inbound.Claimed, ctx: IntakeContext) -> Outcome:
-        try:
-            mail = parse(item.raw)
-        except ParseError as exc:
-            return self._quarantine(item, f"cannot parse: {exc}", None)
+        """Process one claimed message (a batch of one)."""
+        return self.process_batch([item], ctx)[0]
+
+    def process_batch(self, items: list[inbound.Claimed], ctx: IntakeContext) -> list[Outcome]:
+        parsed = [(item, _parse(item.raw)) for item in items]
         try:
             with transaction(self.factory) as session:
-                outcome = apply(session, ctx, item.id, mail, self.clock())
+                outcomes = [self._apply_one(session, ctx, item, mail) for item, mail in parsed]
         except (TemporaryFailure, IntegrityError) as exc:
-            # IntegrityError: another worker created the same contact or row first; the
-            # retry sees its row and threads onto it.
-            log.warning("inbound %d: temporary failure, will retry: %s", item.id, exc)
+            # IntegrityError here means a concurrent worker wrote the same row first;
+            # like a locked database, it clears by itself: retry the batch shortly.
+            log.warning("inbound %s: temporary failure, will retry: %s", ",".join(str(i.id) for i in items), exc)
+            self._defer(items)
+            return [Outcome("deferred", note=str(exc)) for _ in items]
+        for (item, mail), outcome in zip(parsed, outcomes):
+            self._log(ctx, item, mail, outcome)
+        return outcomes
+
+    def _apply_one(self, session: Session, ctx: IntakeContext, item: inbound.Claimed,
+                   mail: ParsedMail | ParseError) -> Outcome:
+        if isinstance(mail, ParseError):
+            return self._quarantine(session, item, f"cannot parse: {mail}")
+        try:
+            with session.begin_nested():
+                return apply(session, ctx, item.id, mail, self.clock())
+        except TemporaryFailure:
+            raise
+        except MaildError as exc:
+            return self._quarantine(session, item, str(exc))
+        except IntegrityError:
+            raise
+        except Exception as exc:  # a bug must cost one message a quarantine, not the daemon
+            log.exception("inbound %d: unexpected error", item.id)
+            return self._quarantine(session, item, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _quarantine(self, session: Session, item: inbound.Claimed, reason: str) -> Outcome:
+        row = session.get(InboundMessage, item.id)
+        if row is not None:
+            row.state, row.error, row.claimed_until, row.processed_at = QUARANTINED, reason[:4000], None, self.clock()
+        return Outcome("quarantined", note=reason)
+
+    def _defer(self, items: list[inbound.Claimed]) -> None:
+        for item in items:
             try:
                 inbound.release(self.factory, item.id, until=self.clock() + RETRY_DELAY)
             except TemporaryFailure:
-                pass  # the lease runs out by itself
-            return Outcome("deferred", note=str(exc))
-        except (ProcessingError, MaildError) as exc:
-            return self._quarantine(item, str(exc), mail)
-        except Exception as exc:  # a bug must cost one message a quarantine, not the daemon
-            log.exception("inbound %d: unexpected error", item.id)
-            return self._quarantine(item, f"internal error: {type(exc).__name__}: {exc}", mail)
-        log.info("inbound %d queue=%s from=%s message-id=%s: %s", item.id, _queue(ctx, item.queue_id),
-                 mail.sender_email, mail.message_id, outcome.describe())
-        return outcome
+                return  # the leases run out by themselves
 
-    def _quarantine(self, item: inbound.Claimed, reason: str, mail: ParsedMail | None) -> Outcome:
-        inbound.quarantine(self.factory, item.id, reason, now=self.clock())
-        log.warning("inbound %d queue=%s message-id=%s: quarantined: %s", item.id, item.queue_id,
-                    mail.message_id if mail else None, reason)
-        return Outcome("quarantined", note=reason)
+    @staticmethod
+    def _log(ctx: IntakeContext, item: inbound.Claimed, mail: ParsedMail | ParseError, outcome: Outcome) -> None:
+        sender = None if isinstance(mail, ParseError) else mail.sender_email
+        msgid = None if isinstance(mail, ParseError) else mail.message_id
+        level = logging.WARNING if outcome.action == "quarantined" else logging.INFO
+        log.log(level, "inbound %d queue=%s from=%s message-id=%s: %s", item.id, _queue(ctx, item.queue_id),
+                sender, msgid, outcome.describe())
+
+
+def _parse(raw: bytes) -> ParsedMail | ParseError:
+    try:
+        return parse(raw)
+    except ParseError as exc:
+        return exc
 
 
 def _queue(ctx: IntakeContext, queue_id: int) -> str:

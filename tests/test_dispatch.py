@@ -9,15 +9,17 @@ import sqlalchemy as sa
 
 from conftest import Env, mail
 from maild import config as config_mod
-from maild.daemon import App
+from maild.app import App
 from maild.dispatch import DispatchRunner, backoff
 from maild.errors import PermanentFailure, TemporaryFailure
 from maild.transport import MemoryTransport, SmtpTransport
 
 
 class FakeClock:
+    """Starts just after the real now, so rows queued in real time are already due."""
+
     def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+        self.now = datetime.now(timezone.utc) + timedelta(seconds=1)
 
     def __call__(self) -> datetime:
         return self.now
@@ -116,7 +118,6 @@ def test_rows_are_sent_exactly_once_by_two_dispatchers(env: Env) -> None:
     other = App(config_mod.load(env.config))
     transport = MemoryTransport()
     clock = FakeClock()
-    clock.now = datetime.now(timezone.utc) + timedelta(seconds=1)
     try:
         a = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock, batch=3)
         b = DispatchRunner(other.factory, transport, app.config.outgoing, clock=clock, batch=3)

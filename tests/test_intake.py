@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import Env, free_port, mail
-from maild.daemon import App
+from maild.app import App
 from maild import config as config_mod
 from maild.intake.smtp import IntakeController, IntakeHandler
 

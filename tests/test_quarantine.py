@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from conftest import REPO, Env, mail
 from maild import config as config_mod
 from maild import inbound
-from maild.daemon import App
+from maild.app import App
 from maild.cases import Outcome
 from maild.processing import IntakeRunner
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from conftest import Env, mail
 from maild import config as config_mod
-from maild.daemon import App
+from maild.app import App
 from maild.processing import IntakeRunner
 
 

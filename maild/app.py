@@ -1,0 +1,69 @@
+"""The wiring every entry point shares: config, database, templates and the queue registry.
+
+Kept light on imports: ``maild inject`` builds an App for every message an MTA pipes in,
+so nothing here may import the mail parser, the SMTP server or the runners.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild import config as config_mod
+from maild import db, registry
+from maild.clock import Clock, utcnow
+from maild.config import Config
+
+if TYPE_CHECKING:
+    from maild.cases import IntakeContext
+    from maild.templates import Renderer
+
+REQUIRED_TEMPLATES = ["acknowledgement"]
+
+
+class App:
+    """The wiring every entry point shares: config, database, templates and registry."""
+
+    def __init__(self, config: Config, *, engine: Engine | None = None, clock: Clock = utcnow) -> None:
+        self.config = config
+        self.engine = engine or db.make_engine(config.database.url, config.database.echo, config.database.busy_timeout)
+        self.factory: sessionmaker[Session] = db.make_sessionmaker(self.engine)
+        self.clock = clock
+        self._renderer: Renderer | None = None
+        self._registry: registry.Registry | None = None
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            from maild.templates import Renderer
+
+            self._renderer = Renderer(self.config.paths.templates)
+        return self._renderer
+
+    @renderer.setter
+    def renderer(self, value: Renderer) -> None:
+        self._renderer = value
+
+    def prepare(self) -> None:
+        """Everything that must hold before work starts; raises with the fix in the message."""
+        db.check_schema(self.engine)
+        self.renderer.check(REQUIRED_TEMPLATES)
+        self._registry = registry.sync(self.factory, self.config)
+
+    @property
+    def registry(self) -> registry.Registry:
+        if self._registry is None:
+            self._registry = registry.sync(self.factory, self.config)
+        return self._registry
+
+    def intake_context(self) -> IntakeContext:
+        from maild.cases import IntakeContext
+
+        return IntakeContext(self.config, self.registry, self.renderer)
+
+
+def load_app(path: str | Path, clock: Clock = utcnow) -> App:
+    return App(config_mod.load(path), clock=clock)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner, Result
+
+from dovecot import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ENV = "MAILD_TEST_DATABASE_URL"
@@ -65,12 +66,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 # SMTP peer ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -38,7 +38,7 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -102,7 +102,7 @@ def start(root: Path | None = None, *, tls: bool = False, users: dict[str, str] 
     home.mkdir(exist_ok=True)
     os.chown(home, account.pw_uid, account.pw_gid)
     (root / "passwd").write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in users.items()))
-    server = Dovecot(root, _free_port(), _free_port() if tls else None, None, users)
+    server = Dovecot(root, free_port(), free_port() if tls else None, None, users)
     ssl_conf = _tls_files(root, server) if tls else "ssl = no\n"
     server.config_file.write_text(_CONFIG.format(
         instance=f"maild-test-{secrets.token_hex(4)}", root=root, uid=account.pw_uid, gid=account.pw_gid,

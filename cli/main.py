@@ -54,9 +54,9 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 
 def _register() -> None:
-    from maild.cli import cases, db, inbound, inject, outbox, run
+    from maild.cli import cases, db, inbound, inject, mailboxes, outbox, run
 
-    for module in (db, run, inject, inbound, cases, outbox):
+    for module in (db, run, inject, inbound, cases, outbox, mailboxes):
         cli.add_command(module.command)
 
 

@@ -17,6 +17,7 @@ def command(state: State, once: bool) -> None:
 
     app = state.app
     logs.setup(app.config.logging)
+    app.lock_single_process()
     app.prepare()
     if once:
         processed, sent = run_once(app)

@@ -31,7 +31,7 @@ class State:
     def close(self) -> None:
         """Release pooled connections: a long test session must not exhaust PostgreSQL."""
         if self._app is not None:
-            self._app.engine.dispose()
+            self._app.close()
 
 
 pass_state = click.make_pass_decorator(State)

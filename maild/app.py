@@ -6,6 +6,8 @@ so nothing here may import the mail parser, the SMTP server or the runners.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from maild import config as config_mod
 from maild import db, registry
 from maild.clock import Clock, utcnow
 from maild.config import Config
+from maild.errors import MaildError
 
 if TYPE_CHECKING:
     from maild.cases import IntakeContext
@@ -34,6 +37,7 @@ class App:
         self.clock = clock
         self._renderer: Renderer | None = None
         self._registry: registry.Registry | None = None
+        self._lock: int | None = None
 
     @property
     def renderer(self) -> Renderer:
@@ -46,6 +50,36 @@ class App:
     @renderer.setter
     def renderer(self, value: Renderer) -> None:
         self._renderer = value
+
+    def lock_single_process(self) -> None:
+        """On SQLite, make sure this is the only ``maild run``; PostgreSQL needs no such lock.
+
+        SQLite has one writer at a time and no row locks, so several daemons would only
+        queue behind each other; running two is a mistake to report, not to tolerate.
+        """
+        if self.engine.dialect.name != "sqlite" or self._lock is not None:
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            return
+        path = Path(database + ".run.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MaildError(
+                f"another `maild run` is already using the SQLite database {database}; SQLite supports one "
+                "maild process at a time; to run several workers, use PostgreSQL"
+            ) from None
+        self._lock = fd  # held until the process exits
+
+    def close(self) -> None:
+        """Release the process lock and pooled connections."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        self.engine.dispose()
 
     def prepare(self) -> None:
         """Everything that must hold before work starts; raises with the fix in the message."""

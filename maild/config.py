@@ -102,6 +102,8 @@ class IntakeConfig(_Model):
     poll_interval: float = Field(default=1.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     lease_seconds: int = Field(default=300, ge=5)
+    # How long a worker owns a mailbox without renewing; after that another worker takes over.
+    mailbox_lease_seconds: int = Field(default=120, ge=10)
 
 
 class SmtpRelayConfig(Secret):
@@ -170,10 +172,45 @@ class AcknowledgementConfig(_Model):
     template: str = "acknowledgement"
 
 
+class ImapConfig(Secret):
+    """A mailbox this queue reads over IMAP (one per queue)."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)  # default: 993 for ssl, else 143
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    user: str = Field(min_length=1)
+    # XOAUTH2 (Gmail, Microsoft 365): a command that prints a fresh access token.
+    token_command: str | None = None
+    ca_file: Path | None = None
+    folder: str = "INBOX"
+    # After a message is stored: move it to `move_to`, mark it \Seen, or delete it.
+    after: Literal["move", "seen", "delete"] = "move"
+    move_to: str = "Processed"
+    poll_interval: float = Field(default=60.0, gt=0)
+    idle: bool = True
+    timeout: float = Field(default=60.0, gt=0)
+    batch: int = Field(default=100, ge=1, le=5000)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "ssl" else 143)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ImapConfig:
+        if self.token_command is None and not (self.password or self.password_env or self.password_file):
+            raise ValueError("give password, password_env, password_file or token_command")
+        if self.token_command is not None and (self.password or self.password_env or self.password_file):
+            raise ValueError("give either a password or token_command, not both")
+        if self.after == "move" and self.move_to == self.folder:
+            raise ValueError(f"move_to must differ from folder ({self.folder!r})")
+        return self
+
+
 class QueueConfig(_Model):
     addresses: tuple[Email, ...] = Field(min_length=1)
     name: str | None = None
     acknowledge: bool = True
+    imap: ImapConfig | None = None
 
 
 class AgentConfig(_Model):
@@ -235,7 +272,7 @@ class Config(_Model):
 
 
 _PATH_KEYS = (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir"))
-_SMTP_PATH_KEYS = ("password_file", "ca_file")
+_FILE_KEYS = ("password_file", "ca_file")
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -267,7 +304,7 @@ def from_dict(data: dict[str, Any], file: Path) -> Config:
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Copy of ``data`` with every path key (given or defaulted) absolute against ``base``."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    data = _copy_tables(data)
     for section, key in _PATH_KEYS:
         table = data.setdefault(section, {})
         if not isinstance(table, dict):
@@ -279,14 +316,23 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     outgoing = data.get("outgoing")
     smtp = outgoing.get("smtp") if isinstance(outgoing, dict) else None
     if isinstance(smtp, dict):
-        outgoing["smtp"] = {k: str(base / v) if k in _SMTP_PATH_KEYS and isinstance(v, str) else v  # type: ignore[index]
+        outgoing["smtp"] = {k: str(base / v) if k in _FILE_KEYS and isinstance(v, str) else v  # type: ignore[index]
                             for k, v in smtp.items()}
+    for queue in (data.get("queues") or {}).values() if isinstance(data.get("queues"), dict) else ():
+        imap = queue.get("imap") if isinstance(queue, dict) else None
+        if isinstance(imap, dict):
+            queue["imap"] = {k: str(base / v) if k in _FILE_KEYS and isinstance(v, str) else v
+                             for k, v in imap.items()}
     db = data.setdefault("database", {})
     if isinstance(db, dict):
         url = db.get("url", DatabaseConfig().url)
         if isinstance(url, str):
             db["url"] = resolve_sqlite_url(url, base)
     return data
+
+
+def _copy_tables(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tables(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
 def resolve_sqlite_url(url: str, base: Path) -> str:

@@ -8,9 +8,13 @@ processes can run the same config side by side; the runners claim rows with SKIP
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 from types import FrameType
 
 from maild import config as config_mod
@@ -18,6 +22,7 @@ from maild.app import REQUIRED_TEMPLATES, App
 from maild.cases import IntakeContext
 from maild.dispatch import DispatchRunner
 from maild.errors import ConfigError
+from maild.intake.imap import ImapPoller
 from maild.intake.smtp import IntakeController, IntakeHandler
 from maild.processing import IntakeRunner
 from maild.runner import Runner
@@ -35,7 +40,8 @@ class Daemon:
         self._context_value = app.intake_context()
         self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock)
         self.intake = IntakeRunner(app.factory, self._context, clock=app.clock, on_processed=self.dispatch.poke)
-        self.runners: list[Runner] = [self.intake, self.dispatch]
+        self.pollers = make_pollers(app, on_stored=self.intake.poke)
+        self.runners: list[Runner] = [self.intake, self.dispatch, *self.pollers]
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
         self.stopped = threading.Event()
@@ -57,7 +63,8 @@ class Daemon:
             t.start()
             self._threads.append(t)
         # Mail queued by another process (maild inject) is picked up by the poll interval.
-        log.info("maild started: %d queue(s), outgoing via %s", len(cfg.queues), cfg.outgoing.transport)
+        log.info("maild started as worker %s: %d queue(s), %d IMAP mailbox(es), outgoing via %s",
+                 worker_id(), len(cfg.queues), len(self.pollers), cfg.outgoing.transport)
 
     def stop(self) -> None:
         """Stop taking mail first, then let each runner finish the item in hand."""
@@ -103,12 +110,37 @@ class Daemon:
         self.stop()
 
 
+def worker_id() -> str:
+    """Names this process in mailbox leases, so admins can see who polls what."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_pollers(app: App, on_stored: Callable[[], None] = lambda: None) -> list[ImapPoller]:
+    lease = timedelta(seconds=app.config.intake.mailbox_lease_seconds)
+    return [
+        ImapPoller(name, app.registry.queue_id(name), queue.imap, app.factory, worker_id=worker_id(), lease=lease,
+                   clock=app.clock, on_stored=on_stored)
+        for name, queue in app.config.queues.items()
+        if queue.imap is not None
+    ]
+
+
 def run_once(app: App, transport: Transport | None = None) -> tuple[int, int]:
-    """Process every pending inbound message, then send everything due; (processed, sent)."""
+    """Drain every IMAP mailbox, process every pending message, send everything due.
+
+    Returns (processed, sent). A mailbox that cannot be reached is logged and recorded in
+    ``maild mailboxes list``; the others are still drained.
+    """
     transport = transport or from_config(app.config.outgoing)
     ctx = app.intake_context()
     intake = IntakeRunner(app.factory, lambda: ctx, clock=app.clock)
     dispatch = DispatchRunner(app.factory, transport, app.config.outgoing, clock=app.clock)
+    for poller in make_pollers(app):
+        try:
+            while poller.run_once() > 0:
+                pass
+        finally:
+            poller.close()
     processed = sent = 0
     while (n := intake.run_once()) > 0:
         processed += n

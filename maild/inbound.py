@@ -68,7 +68,7 @@ def add(
         try:
             with transaction(factory) as session:
                 return [
-                    _add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now)
+                    _add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now, True)
                     for q in queue_ids
                 ]
         except IntegrityError:
@@ -76,6 +76,17 @@ def add(
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def store(session: Session, queue_id: int, raw: bytes, *, source: str, source_key: str, now: datetime,
+          acked: bool) -> Stored:
+    """Add one message inside the caller's transaction (IMAP stores a fetched batch at once).
+
+    ``acked=False`` records that the source still has to be told, e.g. an IMAP message that
+    must yet be moved; the poller finishes that after the commit, or after a crash.
+    """
+    digest = hashlib.sha256(raw).hexdigest()
+    return _add_one(session, queue_id, raw, digest, header_message_id(raw), source, source_key, None, now, acked)
 
 
 def _add_one(
@@ -88,6 +99,7 @@ def _add_one(
     source_key: str | None,
     envelope_from: str | None,
     now: datetime,
+    acked: bool,
 ) -> Stored:
     same = [InboundMessage.sha256 == digest]
     if msgid:
@@ -109,6 +121,7 @@ def _add_one(
         source_key=source_key,
         envelope_from=envelope_from,
         received_at=now,
+        source_acked=acked,
     )
     session.add(row)
     session.flush()

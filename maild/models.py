@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -214,6 +216,7 @@ class InboundMessage(Base):
         UniqueConstraint("queue_id", "message_id", name="uq_inbound_queue_message_id"),
         UniqueConstraint("queue_id", "source", "source_key", name="uq_inbound_queue_source_key"),
         Index("ix_inbound_state_id", "state", "id"),
+        Index("ix_inbound_unacked", "queue_id", "source_acked"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"))
@@ -232,6 +235,8 @@ class InboundMessage(Base):
     processed_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(40))
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    # False while the source still has to be told (IMAP: move, flag or delete the message).
+    source_acked: Mapped[bool] = mapped_column(default=True, server_default=sa_true())
 
     queue: Mapped[Queue] = relationship()
 
@@ -276,6 +281,26 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(50))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class MailboxState(Base):
+    """Where an IMAP poller is in its mailbox, who polls it, and how the last poll went."""
+
+    __tablename__ = "mailbox_state"
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queue.id"), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(500))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    # The highest UID stored under this UIDVALIDITY: the next poll asks for UID last_uid+1:*.
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_poll_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None]
+    failing: Mapped[bool] = mapped_column(default=False)
+    backlog: Mapped[int] = mapped_column(default=0)
+    # One poller per mailbox across all workers: the owner renews its lease while it polls.
+    owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None]
 
 
 class Counter(Base):

@@ -27,15 +27,25 @@ class Runner(ABC):
 
     def run(self) -> None:
         """Loop until ``stop()``; the item in hand is always finished first."""
-        while not self.stopping.is_set():
-            try:
-                handled = self.run_once()
-            except Exception:  # a runner must survive anything one pass throws
-                log.exception("%s: pass failed; retrying after a pause", self.name)
-                handled = 0
-            if handled == 0:
-                self.wakeup.wait(self.idle_seconds)
-                self.wakeup.clear()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    handled = self.run_once()
+                except Exception:  # a runner must survive anything one pass throws
+                    log.exception("%s: pass failed; retrying after a pause", self.name)
+                    handled = 0
+                self.pause(handled)
+        finally:
+            self.close()
+
+    def pause(self, handled: int) -> None:
+        """Between passes: go straight on after work, sleep (until poked) after an empty pass."""
+        if handled == 0:
+            self.wakeup.wait(self.idle_seconds)
+            self.wakeup.clear()
+
+    def close(self) -> None:
+        """Release what the runner holds (connections, leases) when the loop ends."""
 
     def stop(self) -> None:
         self.stopping.set()

@@ -7,11 +7,12 @@ from email.parser import BytesHeaderParser
 from email.policy import default
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from maild.errors import NotFound
-from maild.models import Activity, AuditEvent, Case, InboundMessage, OutboundMessage, Queue
+from maild.config import Config
+from maild.models import Activity, AuditEvent, Case, InboundMessage, MailboxState, OutboundMessage, Queue
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -162,3 +163,34 @@ def list_outbox(session: Session, *, state: str | None = None, limit: int = 100)
         }
         for row, ref in session.execute(query)
     ]
+
+
+def list_mailboxes(session: Session, config: Config) -> list[dict[str, Any]]:
+    """Each configured IMAP mailbox with its polling state (never polled yet: empty fields)."""
+    states = {
+        name: (state, unacked)
+        for name, state, unacked in session.execute(
+            select(Queue.name, MailboxState, select(func.count()).where(
+                InboundMessage.queue_id == Queue.id, InboundMessage.source_acked.is_(False)
+            ).scalar_subquery()).join(MailboxState, MailboxState.queue_id == Queue.id)
+        )
+    }
+    rows = []
+    for name, queue in config.queues.items():
+        if queue.imap is None:
+            continue
+        state, unacked = states.get(name, (None, 0))
+        rows.append({
+            "queue": name,
+            "mailbox": f"{queue.imap.user}@{queue.imap.host}:{queue.imap.effective_port}/{queue.imap.folder}",
+            "status": "never polled" if state is None or state.last_poll_at is None
+            else ("failing" if state.failing else "ok"),
+            "last_success": _iso(state.last_success_at) if state else None,
+            "backlog": state.backlog + unacked if state else None,
+            "last_error": state.last_error if state else None,
+            "last_error_at": _iso(state.last_error_at) if state else None,
+            "uidvalidity": state.uidvalidity if state else None,
+            "last_uid": state.last_uid if state else None,
+            "owner": state.owner if state else None,
+        })
+    return rows

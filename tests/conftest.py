@@ -7,6 +7,7 @@ server cannot be reached, the tests fail: a CI run must never skip PostgreSQL si
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner, Result
 
+import dovecot
 from dovecot import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,7 +209,8 @@ class Env:
         return make_engine(self.db_url)
 
 
-def write_config(path: Path, db_url: str, peer_port: int, **overrides: Any) -> Path:
+def write_config(path: Path, db_url: str, peer_port: int, *, extra: str = "", **overrides: Any) -> Path:
+    """The test config; ``extra`` TOML is appended (e.g. a ``[queues.support.imap]`` table)."""
     values: dict[str, Any] = {
         "db_url": db_url, "templates": (REPO / "templates").as_posix(), "rules": (REPO / "rules").as_posix(),
         "smtp_enabled": "false", "smtp_port": free_port(), "max_size": 1_000_000, "peer_port": peer_port,
@@ -215,7 +218,7 @@ def write_config(path: Path, db_url: str, peer_port: int, **overrides: Any) -> P
     }
     values.update(overrides)
     config = path / "config.toml"
-    config.write_text(BASE_CONFIG.format(**values))
+    config.write_text(BASE_CONFIG.format(**values) + extra)
     return config
 
 
@@ -234,6 +237,91 @@ def make_env(tmp_path: Path, db_url: str, smtp_peer: SmtpPeer) -> Callable[..., 
 @pytest.fixture
 def env(make_env: Callable[..., Env]) -> Env:
     return make_env()
+
+
+# Dovecot ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dovecot_server() -> Iterator[dovecot.Dovecot]:
+    """One private Dovecot (plain, STARTTLS and implicit TLS) for the session."""
+    reason = dovecot.missing_reason()
+    if reason:
+        if os.environ.get(dovecot.REQUIRE_ENV) or os.environ.get("CI"):
+            pytest.fail(f"Dovecot tests are required here but cannot run: {reason}")
+        pytest.skip(reason)
+    server = dovecot.start(tls=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Mailbox:
+    """A fresh IMAP account on the test Dovecot: its own, empty mailbox."""
+
+    server: dovecot.Dovecot
+    user: str
+    password: str
+
+    def client(self) -> Any:
+        from imapclient import IMAPClient
+
+        client = IMAPClient("127.0.0.1", port=self.server.port, ssl=False, timeout=10)
+        client.login(self.user, self.password)
+        return client
+
+    def append(self, *messages: bytes, folder: str = "INBOX") -> None:
+        client = self.client()
+        try:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+            for raw in messages:
+                client.append(folder, raw)
+        finally:
+            client.logout()
+
+    def uids(self, folder: str = "INBOX") -> dict[int, tuple[bytes, ...]]:
+        """UID → flags of the messages in a folder."""
+        client = self.client()
+        try:
+            if not client.folder_exists(folder):
+                return {}
+            client.select_folder(folder, readonly=True)
+            return {uid: data[b"FLAGS"] for uid, data in client.fetch(client.search(), ["FLAGS"]).items()}
+        finally:
+            client.logout()
+
+    def toml(self, queue: str = "support", **overrides: Any) -> str:
+        settings: dict[str, Any] = {"host": "127.0.0.1", "port": self.server.port, "security": "none",
+                                    "user": self.user, "password": self.password, "poll_interval": 0.5}
+        settings.update(overrides)
+        return f"\n[queues.{queue}.imap]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+_unused_accounts: list[str] = []
+
+
+def fresh_mailbox(server: dovecot.Dovecot) -> Mailbox:
+    """An account no test has used yet (see dovecot.pool_users)."""
+    if not _unused_accounts:
+        _unused_accounts.extend(sorted(server.users, reverse=True))
+    user = _unused_accounts.pop()
+    return Mailbox(server, user, server.users[user])
+
+
+@pytest.fixture
+def mailbox(dovecot_server: dovecot.Dovecot) -> Mailbox:
+    return fresh_mailbox(dovecot_server)
 
 
 # Mail ------------------------------------------------------------------------------

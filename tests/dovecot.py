@@ -81,6 +81,12 @@ class Dovecot:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def pool_users(count: int = 300) -> dict[str, str]:
+    """Accounts made up front: Dovecot may not notice a passwd-file changed within a second,
+    so tests take a fresh account from this pool instead of adding one."""
+    return {f"box{i:03d}": f"pw-{i:03d}-{secrets.token_hex(4)}" for i in range(count)}
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -93,7 +99,7 @@ def start(root: Path | None = None, *, tls: bool = False, users: dict[str, str] 
     ``root`` (default: a new dir in /tmp) and all its parents must be traversable by the
     dovecot and mail users, which pytest's 0700 tmp_path is not.
     """
-    users = users or {"support": "support-pw", "billing": "billing-pw"}
+    users = users or pool_users()
     account = pwd.getpwnam(TEST_USER)
     root = root or Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ Run it with the virtualenv that has maild installed:
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
 import os
@@ -241,7 +242,8 @@ def _new_topic(rng: random.Random, customer: Customer) -> tuple[str, str, str]:
 
 
 def _letter(rng: random.Random, customer: Customer, paragraphs: list[str]) -> str:
-    signature = f"{rng.choice(CLOSINGS)}\n{customer.name}\n{customer.company} Ltd.\n+1 555 {rng.randint(1000, 9999)}"
+    phone = f"+1 555 {rng.randint(1000, 9999)}"
+    signature = f"{rng.choice(CLOSINGS)}\n{customer.name}\n{customer.company} Ltd.\n{phone}"
     return "\n\n".join([rng.choice(GREETINGS), *paragraphs, signature]) + "\n"
 
 
@@ -255,14 +257,28 @@ def _reply_body(rng: random.Random, parent: _Draft) -> str:
 
 def _html(text: str) -> str:
     paras = "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>" for p in text.split("\n\n"))
-    return f'<html><head><meta charset="utf-8"><title>mail</title></head><body style="font-family:Arial">{paras}</body></html>'
+    head = '<head><meta charset="utf-8"><title>mail</title></head>'
+    return f'<html>{head}<body style="font-family:Arial">{paras}</body></html>'
 
 
-def _attach(rng: random.Random, msg: EmailMessage) -> None:
+@dataclass(frozen=True)
+class Shape:
+    """How heavy the messages are. The default is this benchmark's own corpus, unchanged
+    (byte-identical for a seed); bench/imap.py asks for mail the size of a real mailbox."""
+
+    attachment_share: float = 0.05
+    attachment_bytes: tuple[int, int] = (2048, 8192)
+    # Received/DKIM/ARC/X- headers as a big provider adds them (~3-5 KB): real delivered
+    # mail carries them, and every parser reads them.
+    trace_headers: bool = False
+
+
+def _attach(rng: random.Random, msg: EmailMessage, shape: Shape) -> None:
     kind = rng.randrange(3)
-    size = rng.randint(2048, 8192)
+    size = rng.randint(*shape.attachment_bytes)
     if kind == 0:
-        lines = [f"2026-11-02T09:{i % 60:02d}:00Z ERROR sync failed: code={rng.randint(100, 999)}" for i in range(size // 50)]
+        lines = [f"2026-11-02T09:{i % 60:02d}:00Z ERROR sync failed: code={rng.randint(100, 999)}"
+                 for i in range(size // 50)]
         msg.add_attachment("\n".join(lines), filename="error.log")
     elif kind == 1:
         msg.add_attachment(b"\x89PNG\r\n\x1a\n" + rng.randbytes(size), maintype="image", subtype="png",
@@ -272,7 +288,7 @@ def _attach(rng: random.Random, msg: EmailMessage) -> None:
                            filename="invoice.pdf")
 
 
-def _serialise(draft: _Draft, rng: random.Random, html_only: bool, attachment: bool) -> bytes:
+def _serialise(draft: _Draft, rng: random.Random, html_only: bool, attachment: bool, shape: Shape) -> bytes:
     msg = EmailMessage()
     msg["From"] = formataddr((draft.customer.name, draft.customer.email))
     msg["To"] = draft.recipient
@@ -289,15 +305,55 @@ def _serialise(draft: _Draft, rng: random.Random, html_only: bool, attachment: b
         if rng.random() < 0.45:  # most mail clients send text and HTML alternatives
             msg.add_alternative(_html(draft.text), subtype="html")
     if attachment:
-        _attach(rng, msg)
+        _attach(rng, msg, shape)
     for part in msg.walk():
         if part.is_multipart():  # the email package would pick a random boundary: not reproducible
             part.set_boundary(f"=_bench_{rng.getrandbits(64):016x}")
-    return msg.as_bytes()
+    trace = _trace_headers(rng, draft) if shape.trace_headers else b""
+    return trace + msg.as_bytes()
 
 
-def generate(count: int, customers: int, seed: int, reply_share: float = 0.2) -> list[Generated]:
+def _trace_headers(rng: random.Random, draft: _Draft) -> bytes:
+    """What the sender's provider and the receiving MX put above the message's own headers.
+
+    Built as bytes, folded by hand: the email package would re-fold or RFC 2047-encode
+    the long base64 signatures, which no real MTA does.
+    """
+    domain = draft.customer.email.rpartition("@")[2]
+
+    def b64(n: int) -> str:
+        text = base64.b64encode(rng.randbytes(n)).decode()
+        return "\n\t".join(text[i:i + 72] for i in range(0, len(text), 72))
+
+    hops = []
+    for hop in range(rng.randint(3, 6)):
+        when = format_datetime(draft.date + timedelta(seconds=hop))
+        ip = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        hops.append(f"Received: from mx{hop}.{domain} (mx{hop}.{domain} [{ip}])\n\tby mx.example.test "
+                    f"(Postfix) with ESMTPS id {rng.getrandbits(40):010X}\n\tfor <{draft.recipient}>; {when}")
+    signed = "h=from:to:subject:date:message-id:mime-version:content-type;"
+    lines = [
+        f"Return-Path: <{draft.customer.email}>", *hops,
+        f"Authentication-Results: mx.example.test;\n\tdkim=pass header.d={domain};\n\tspf=pass "
+        f"smtp.mailfrom={draft.customer.email};\n\tdmarc=pass (p=QUARANTINE) header.from={domain}",
+        f"ARC-Seal: i=1; a=rsa-sha256; t={int(draft.date.timestamp())}; cv=none; d={domain}; s=arc;\n\tb={b64(256)}",
+        f"ARC-Message-Signature: i=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s=arc;\n\t{signed}\n\t"
+        f"bh={b64(32)};\n\tb={b64(256)}",
+        f"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s=sel1;\n\t{signed}\n\t"
+        f"bh={b64(32)};\n\tb={b64(256)}",
+        f"X-MS-Exchange-Organization-SCL: {rng.randint(-1, 5)}",
+        f"X-Forefront-Antispam-Report: CIP:10.0.0.{rng.randrange(256)};CTRY:;LANG:en;SCL:1;SRV:;"
+        f"IPV:NLI;SFV:NSPM;H:mx.{domain};\n\tPTR:;CAT:NONE;SFS:({rng.getrandbits(64):x});DIR:INB;",
+        f"X-Mailer: Microsoft Outlook 16.0.{rng.randint(10000, 19999)}",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def generate(count: int, customers: int, seed: int, reply_share: float = 0.2,
+             shape: Shape = Shape()) -> list[Generated]:
     """``count`` distinct messages; about ``reply_share`` of them reply to an earlier one."""
+
+
     rng = random.Random(seed)
     people = make_customers(rng, customers)
     start = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -306,8 +362,8 @@ def generate(count: int, customers: int, seed: int, reply_share: float = 0.2) ->
     for i in range(count):
         parent = rng.randrange(max(0, i - 200), i) if i > 0 and rng.random() < reply_share else None
         draft = _next_draft(rng, people, drafts, parent, i, seed, start + timedelta(seconds=37 * i))
-        html_only, attachment = rng.random() < 0.10, rng.random() < 0.05
-        raw = _serialise(draft, rng, html_only, attachment)
+        html_only, attachment = rng.random() < 0.10, rng.random() < shape.attachment_share
+        raw = _serialise(draft, rng, html_only, attachment, shape)
         drafts.append(draft)
         out.append(Generated(i, raw, draft.message_id, draft.customer.email, draft.recipient, parent,
                              html_only, attachment))
@@ -450,7 +506,7 @@ def _redact(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
-def create_install(opts: Options, stack: ExitStack) -> Install:
+def create_install(opts: Options, stack: ExitStack, deadline: Deadline) -> Install:
     """Temp dir, config, database and schema; everything is undone when ``stack`` closes."""
     path = Path(tempfile.mkdtemp(prefix="maild-bench-"))
     if opts.keep:
@@ -468,9 +524,15 @@ def create_install(opts: Options, stack: ExitStack) -> Install:
         smtp_enabled="true" if opts.mode == "smtp" else "false", port=port, ack_limit=opts.messages + 1,
     ))
     install = Install(path, config, db_url, database, port, opts.maild)
-    _check(subprocess.run(install.command("db", "upgrade"), check=False, capture_output=True, text=True, timeout=120),
-           "maild db upgrade")
+    _check(run_command(install.command("db", "upgrade"), deadline), "maild db upgrade")
     return install
+
+
+def run_command(args: list[str], deadline: Deadline) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(args, check=False, capture_output=True, text=True, timeout=deadline.remaining())
+    except subprocess.TimeoutExpired:
+        raise BenchTimeout(f"timed out after {deadline.seconds:.0f} s running {' '.join(args[3:])}") from None
 
 
 def _check(result: subprocess.CompletedProcess[str], what: str) -> str:
@@ -479,9 +541,8 @@ def _check(result: subprocess.CompletedProcess[str], what: str) -> str:
     return result.stdout
 
 
-def maild_version(install: Install) -> str:
-    out = _check(subprocess.run(install.command("--version"), check=False, capture_output=True, text=True, timeout=60),
-                 "maild --version")
+def maild_version(install: Install, deadline: Deadline) -> str:
+    out = _check(run_command(install.command("--version"), deadline), "maild --version")
     return out.strip().rpartition(" ")[2]
 
 
@@ -640,7 +701,8 @@ def deliver_all(corpus: list[Generated], clients: int, make_sender: Callable[[],
     try:
         for t in threads:
             t.join(deadline.remaining())
-            deadline.check(f"delivering messages ({sum(e.is_set() for e in schedule.accepted)}/{len(corpus)} accepted)")
+            accepted = sum(e.is_set() for e in schedule.accepted)
+            deadline.check(f"delivering messages ({accepted}/{len(corpus)} accepted)")
     finally:
         schedule.stop.set()
     if result.errors:
@@ -708,7 +770,9 @@ class InjectSender:
 # Processes ---------------------------------------------------------------------------
 
 
-def wait_with_rusage(proc: subprocess.Popen[Any], deadline: Deadline, what: str) -> tuple[int, resource.struct_rusage]:
+def wait_with_rusage(
+    proc: subprocess.Popen[Any], deadline: Deadline, what: str
+) -> tuple[int, resource.struct_rusage]:
     """Wait for a child and return (exit code, its own resource usage: peak RSS, CPU).
 
     os.wait4 reports the usage of exactly this child, unlike RUSAGE_CHILDREN, which
@@ -801,10 +865,10 @@ class Result:
     inject_peak_rss_mib: float | None = None
 
 
-def base_result(opts: Options, install: Install, corpus: list[Generated]) -> dict[str, Any]:
+def base_result(opts: Options, install: Install, corpus: list[Generated], deadline: Deadline) -> dict[str, Any]:
     return {
         "mode": opts.mode, "database": install.database, "messages": len(corpus), "clients": opts.clients,
-        "python": platform.python_version(), "maild_version": maild_version(install),
+        "python": platform.python_version(), "maild_version": maild_version(install, deadline),
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "seed": opts.seed,
         "replies": sum(m.parent is not None for m in corpus), "html_only": sum(m.html_only for m in corpus),
         "with_attachment": sum(m.attachment for m in corpus), "customers": len({m.sender for m in corpus}),
@@ -845,24 +909,26 @@ def run_smtp(opts: Options, install: Install, corpus: list[Generated], engine: s
         raise BenchError(f"maild run exited {code} after SIGTERM, expected 0:\n{tail(install.log)}")
     n = len(corpus)
     intake, e2e = delivery.last_ack - start, done - start
-    return Result(**base_result(opts, install, corpus), intake_per_sec=n / intake, end_to_end_per_sec=n / e2e,
-                  peak_rss_mib=peak / MIB, intake_seconds=intake, end_to_end_seconds=e2e,
-                  temp_failures=delivery.temp_failures, maild_cpu_seconds=cpu_seconds(usage),
-                  bench_cpu_seconds=bench_cpu)
+    return Result(**base_result(opts, install, corpus, deadline),
+                  intake_per_sec=n / intake, end_to_end_per_sec=n / e2e, peak_rss_mib=peak / MIB,
+                  intake_seconds=intake, end_to_end_seconds=e2e, temp_failures=delivery.temp_failures,
+                  maild_cpu_seconds=cpu_seconds(usage), bench_cpu_seconds=bench_cpu)
 
 
 def run_inject(opts: Options, install: Install, corpus: list[Generated], deadline: Deadline) -> Result:
     idle, _ = run_once(install, deadline, None)  # start-up cost alone, to read the figure below
     peaks: list[int] = []
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Every inject is reaped by wait4, so RUSAGE_CHILDREN grows by exactly their CPU time.
+    children0, self0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     start, delivery = deliver_all(corpus, opts.clients, lambda: InjectSender(install, deadline, peaks), deadline)
-    inject_cpu = cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu_seconds(before)
+    inject_cpu = cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu_seconds(children0)
+    bench_cpu = cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - cpu_seconds(self0)
     seconds, usage = run_once(install, deadline, opts.profile)
     n, intake = len(corpus), delivery.last_ack - start
-    return Result(**base_result(opts, install, corpus), intake_per_sec=n / intake,
+    return Result(**base_result(opts, install, corpus, deadline), intake_per_sec=n / intake,
                   end_to_end_per_sec=n / (intake + seconds), peak_rss_mib=usage.ru_maxrss / MIB,
                   intake_seconds=intake, end_to_end_seconds=intake + seconds, temp_failures=delivery.temp_failures,
-                  maild_cpu_seconds=inject_cpu + cpu_seconds(usage), bench_cpu_seconds=0.0,
+                  maild_cpu_seconds=inject_cpu + cpu_seconds(usage), bench_cpu_seconds=bench_cpu,
                   process_per_sec=n / seconds, process_seconds=seconds, run_once_idle_seconds=idle,
                   inject_peak_rss_mib=max(peaks) / MIB)
 
@@ -893,7 +959,7 @@ def print_profile(path: Path, top: int = 25) -> None:
 def benchmark(opts: Options, deadline: Deadline) -> Result:
     corpus = generate(opts.messages, opts.customers, opts.seed)
     with ExitStack() as stack:
-        install = create_install(opts, stack)
+        install = create_install(opts, stack, deadline)
         engine = sa.create_engine(install.db_url)
         stack.callback(engine.dispose)  # before the schema is dropped: no connection may hold it
         if opts.mode == "smtp":
@@ -919,7 +985,8 @@ def main(argv: list[str] | None = None) -> int:
         print_profile(opts.profile)
     if opts.output:
         opts.output.parent.mkdir(parents=True, exist_ok=True)
-        opts.output.write_text(json.dumps(asdict(result), indent=2) + "\n")
+        figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(result).items()}
+        opts.output.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"  written to {opts.output}")
     return 0
 

@@ -44,6 +44,8 @@ from maild.refkeys import clean_title, make_reference, tag_subject
 from maild.registry import Registry
 from maild.templates import Renderer
 
+# How long a reply may wait for the message it answers to be processed first.
+PARENT_WAIT_LIMIT = timedelta(minutes=10)
 
 @dataclass(frozen=True)
 class IntakeContext:
@@ -60,7 +62,7 @@ class IntakeContext:
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # created | threaded | reopened | follow_up | relayed | duplicate | quarantined | skipped
+    action: str  # created | threaded | reopened | follow_up | relayed | duplicate | quarantined | skipped | waiting
     reference: str | None = None
     via: str | None = None
     acknowledged: bool = False
@@ -121,6 +123,10 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
         return Outcome("duplicate", _reference(session, duplicate), note=f"Message-ID {mail.message_id} already recorded")
     prefix = ctx.config.cases.reference_prefix
     match = threader.match(mail, StoreLookup(session), prefix)
+    if match is None:
+        parent = _parent_in_line(session, mail, inbound, now)
+        if parent is not None:
+            return Outcome("waiting", note=f"the message it answers, {parent}, is not processed yet")
     snapshot = _snapshot(session, match.case_id) if match else None
     agent = ctx.config.agent_for_address(mail.sender_email)
     no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses())
@@ -162,6 +168,24 @@ def _duplicate_case(session: Session, message_id: str | None) -> int | None:
     return session.scalar(
         select(Activity.case_id)
         .where(Activity.message_id == message_id, Activity.kind == INCOMING_EMAIL)
+        .limit(1)
+    )
+
+
+def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage, now: datetime) -> str | None:
+    """The Message-ID this reply answers if that message is stored but not yet processed.
+
+    With several workers (or after a crash) a reply can come up before the message it
+    answers; processing it now would open a second case. Only earlier rows count, so two
+    messages can never wait for each other, and the wait has a limit.
+    """
+    candidates = list(mail.in_reply_to) + list(mail.references)
+    if not candidates or inbound.received_at < now - PARENT_WAIT_LIMIT:
+        return None
+    return session.scalar(
+        select(InboundMessage.message_id)
+        .where(InboundMessage.message_id.in_(candidates), InboundMessage.state == RECEIVED,
+               InboundMessage.id < inbound.id)
         .limit(1)
     )
 

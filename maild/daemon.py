@@ -8,9 +8,7 @@ processes can run the same config side by side; the runners claim rows with SKIP
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,6 +22,7 @@ from maild.dispatch import DispatchRunner
 from maild.errors import ConfigError
 from maild.intake.imap import ImapPoller
 from maild.intake.smtp import IntakeController, IntakeHandler
+from maild.liveness import Presence, ReaperRunner, presence_for, reap, worker_id
 from maild.processing import IntakeRunner
 from maild.runner import Runner
 from maild.templates import Renderer
@@ -38,10 +37,14 @@ class Daemon:
         self.app = app
         self.transport = transport or from_config(app.config.outgoing)
         self._context_value = app.intake_context()
-        self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock)
-        self.intake = IntakeRunner(app.factory, self._context, clock=app.clock, on_processed=self.dispatch.poke)
-        self.pollers = make_pollers(app, on_stored=self.intake.poke)
-        self.runners: list[Runner] = [self.intake, self.dispatch, *self.pollers]
+        self.presence = presence_for(app.engine)
+        me = self.presence.worker_id
+        self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock, worker=me)
+        self.intake = IntakeRunner(app.factory, self._context, clock=app.clock, on_processed=self.dispatch.poke,
+                                   worker=me)
+        self.pollers = make_pollers(app, on_stored=self.intake.poke, worker=me)
+        self.reaper = ReaperRunner(app.factory, self.presence, clock=app.clock)
+        self.runners: list[Runner] = [self.intake, self.dispatch, *self.pollers, self.reaper]
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
         self.stopped = threading.Event()
@@ -58,13 +61,15 @@ class Daemon:
             self._listener.start()
             log.info("listening for %s on %s:%d", cfg.intake.smtp.protocol.upper(), cfg.intake.smtp.host,
                      cfg.intake.smtp.port)
+        # Before any runner claims: what a killed predecessor held is free again at once.
+        reap(self.app.factory, self.presence, self.app.clock())
         for runner in self.runners:
             t = threading.Thread(target=runner.run, name=f"maild-{runner.name}", daemon=True)
             t.start()
             self._threads.append(t)
         # Mail queued by another process (maild inject) is picked up by the poll interval.
         log.info("maild started as worker %s: %d queue(s), %d IMAP mailbox(es), outgoing via %s",
-                 worker_id(), len(cfg.queues), len(self.pollers), cfg.outgoing.transport)
+                 self.presence.worker_id, len(cfg.queues), len(self.pollers), cfg.outgoing.transport)
 
     def stop(self) -> None:
         """Stop taking mail first, then let each runner finish the item in hand."""
@@ -110,15 +115,11 @@ class Daemon:
         self.stop()
 
 
-def worker_id() -> str:
-    """Names this process in mailbox leases, so admins can see who polls what."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def make_pollers(app: App, on_stored: Callable[[], None] = lambda: None) -> list[ImapPoller]:
+def make_pollers(app: App, on_stored: Callable[[], None] = lambda: None, worker: str | None = None) -> list[ImapPoller]:
     lease = timedelta(seconds=app.config.intake.mailbox_lease_seconds)
     return [
-        ImapPoller(name, app.registry.queue_id(name), queue.imap, app.factory, worker_id=worker_id(), lease=lease,
+        ImapPoller(name, app.registry.queue_id(name), queue.imap, app.factory, worker_id=worker or worker_id(),
+                   lease=lease,
                    clock=app.clock, on_stored=on_stored)
         for name, queue in app.config.queues.items()
         if queue.imap is not None
@@ -132,10 +133,19 @@ def run_once(app: App, transport: Transport | None = None) -> tuple[int, int]:
     ``maild mailboxes list``; the others are still drained.
     """
     transport = transport or from_config(app.config.outgoing)
+    presence = presence_for(app.engine)  # held for the whole pass, so no other worker reaps it
+    try:
+        return _drain(app, transport, presence)
+    finally:
+        presence.close()
+
+
+def _drain(app: App, transport: Transport, presence: Presence) -> tuple[int, int]:
+    reap(app.factory, presence, app.clock())
     ctx = app.intake_context()
-    intake = IntakeRunner(app.factory, lambda: ctx, clock=app.clock)
-    dispatch = DispatchRunner(app.factory, transport, app.config.outgoing, clock=app.clock)
-    for poller in make_pollers(app):
+    intake = IntakeRunner(app.factory, lambda: ctx, clock=app.clock, worker=presence.worker_id)
+    dispatch = DispatchRunner(app.factory, transport, app.config.outgoing, clock=app.clock, worker=presence.worker_id)
+    for poller in make_pollers(app, worker=presence.worker_id):
         try:
             while poller.run_once() > 0:
                 pass

@@ -20,6 +20,7 @@ from maild.clock import Clock, utcnow
 from maild.config import OutgoingConfig
 from maild.db import transaction
 from maild.errors import NotFound, PermanentFailure, TemporaryFailure
+from maild.liveness import worker_id
 from maild.models import FAILED, PENDING, SENDING, SENT, UNKNOWN, Activity, OutboundMessage
 from maild.runner import Runner
 from maild.transport import Envelope, Transport
@@ -40,8 +41,10 @@ class DispatchRunner(Runner):
         clock: Clock = utcnow,
         batch: int = 20,
         idle_seconds: float = 1.0,
+        worker: str | None = None,
     ) -> None:
         super().__init__(idle_seconds)
+        self.worker = worker or worker_id()  # named in its leases, for maild.liveness
         self.factory = factory
         self.transport = transport
         self.config = config
@@ -72,7 +75,7 @@ class DispatchRunner(Runner):
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
-                row.claimed_until = now + LEASE
+                row.claimed_until, row.claimed_by = now + LEASE, self.worker
             return [r.id for r in rows]
 
     def _send_one(self, row_id: int) -> None:
@@ -82,7 +85,7 @@ class DispatchRunner(Runner):
                 return
             row.state = SENDING
             row.attempts += 1
-            row.claimed_until = self.clock() + LEASE
+            row.claimed_until, row.claimed_by = self.clock() + LEASE, self.worker
             envelope = Envelope(row.mail_from, list(row.rcpt_to), row.raw)
             attempts, message_id = row.attempts, row.message_id
         try:

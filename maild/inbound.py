@@ -129,7 +129,8 @@ def _add_one(
 
 
 def claim(
-    factory: sessionmaker[Session], *, now: datetime, lease: timedelta, max_attempts: int, limit: int = 10
+    factory: sessionmaker[Session], *, now: datetime, lease: timedelta, max_attempts: int, limit: int = 10,
+    worker: str | None = None,
 ) -> list[Claimed]:
     """Take up to ``limit`` received rows nobody holds, oldest first.
 
@@ -151,6 +152,7 @@ def claim(
         for row in rows:
             row.attempts += 1
             row.claimed_until = now + lease
+            row.claimed_by = worker
         return [Claimed(r.id, r.queue_id, r.raw, r.attempts) for r in rows]
 
 

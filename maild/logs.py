@@ -35,3 +35,4 @@ def setup(config: LoggingConfig) -> None:
     # aiosmtpd logs every SMTP command at INFO; that is noise next to one line per message.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("imapclient").setLevel(logging.WARNING)

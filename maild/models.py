@@ -231,6 +231,8 @@ class InboundMessage(Base):
     state: Mapped[str] = mapped_column(String(20), default=RECEIVED)
     attempts: Mapped[int] = mapped_column(default=0)
     claimed_until: Mapped[datetime | None]
+    # The worker holding the lease; see maild.liveness for taking over from a dead one.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(40))
@@ -267,6 +269,7 @@ class OutboundMessage(Base):
     created_at: Mapped[datetime]
     next_attempt_at: Mapped[datetime]
     claimed_until: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
 

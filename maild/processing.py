@@ -21,6 +21,7 @@ from maild.cases import IntakeContext, Outcome, apply
 from maild.clock import Clock, utcnow
 from maild.db import transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
+from maild.liveness import worker_id
 from maild.models import QUARANTINED, InboundMessage
 from maild.parse import ParsedMail, parse
 from maild.runner import Runner
@@ -28,6 +29,8 @@ from maild.runner import Runner
 log = logging.getLogger("maild.intake")
 
 RETRY_DELAY = timedelta(seconds=10)
+# A reply waiting for the message it answers (see cases._parent_in_line) looks again soon.
+PARENT_DELAY = timedelta(seconds=2)
 
 
 class IntakeRunner(Runner):
@@ -40,8 +43,10 @@ class IntakeRunner(Runner):
         clock: Clock = utcnow,
         batch: int = 20,
         on_processed: Callable[[], None] = lambda: None,
+        worker: str | None = None,
     ) -> None:
         self.factory = factory
+        self.worker = worker or worker_id()  # named in its leases, for maild.liveness
         self.context = context  # a callable: SIGHUP swaps in a new context between batches
         self.clock = clock
         self.batch = batch
@@ -56,6 +61,7 @@ class IntakeRunner(Runner):
             lease=timedelta(seconds=ctx.config.intake.lease_seconds),
             max_attempts=ctx.config.intake.max_attempts,
             limit=self.batch,
+            worker=self.worker,
         )
         if self.stopping.is_set():
             for item in claimed:  # hand them back rather than make them wait out the lease
@@ -91,7 +97,10 @@ class IntakeRunner(Runner):
             return self._quarantine(session, item, f"cannot parse: {mail}")
         try:
             with session.begin_nested():
-                return apply(session, ctx, item.id, mail, self.clock())
+                outcome = apply(session, ctx, item.id, mail, self.clock())
+            if outcome.action == "waiting":
+                self._wait(session, item)
+            return outcome
         except TemporaryFailure:
             raise
         except MaildError as exc:
@@ -107,6 +116,11 @@ class IntakeRunner(Runner):
         if row is not None:
             row.state, row.error, row.claimed_until, row.processed_at = QUARANTINED, reason[:4000], None, self.clock()
         return Outcome("quarantined", note=reason)
+
+    def _wait(self, session: Session, item: inbound.Claimed) -> None:
+        row = session.get(InboundMessage, item.id)
+        if row is not None:  # waiting is not a failed attempt: the poison count must not grow
+            row.claimed_until, row.attempts = self.clock() + PARENT_DELAY, max(row.attempts - 1, 0)
 
     def _defer(self, items: list[inbound.Claimed]) -> None:
         for item in items:

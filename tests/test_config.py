@@ -29,6 +29,19 @@ def test_example_config_is_valid_and_resolves_paths_against_its_folder() -> None
     assert [a.name for a in cfg.agents] == ["Alice Agent", "Bob Agent"]
 
 
+def test_example_config_documents_an_imap_mailbox_that_validates_when_uncommented(tmp_path: Path) -> None:
+    text = (REPO / "config.example.toml").read_text()
+    start = text.index("# [queues.support.imap]")
+    block = text[start:text.index("\n\n", start)].splitlines()
+    uncommented = [line[2:] for line in block if not line.startswith("# # ")]
+    keys = {line.lstrip("# ").split("=")[0].strip() for line in block if "=" in line}
+    assert set(config.ImapConfig.model_fields) <= keys | {"password"}, "every IMAP key is documented"
+    example = text.replace("\n".join(block), "\n".join(uncommented))
+    (tmp_path / "config.toml").write_text(example)
+    imap = config.load(tmp_path / "config.toml").queues["support"].imap
+    assert imap is not None and imap.security == "ssl" and imap.after == "move" and imap.effective_port == 993
+
+
 BAD = [
     ('[intake.smtp]\nport = "abc"\n', 'intake.smtp.port: expected an integer, got "abc"'),
     ("[intake.smtp]\nport = 70000\n", "intake.smtp.port: Input should be less than or equal to 65535"),

@@ -56,10 +56,12 @@ def show(state: State, reference: str, as_json: bool) -> None:
     if as_json:
         print_json(view)
         return
-    for key in ("reference", "title", "status", "status_reason", "queue", "priority", "customer_email", "owner",
-                "created_at", "first_response_at", "resolved_at", "previous_case", "merged_into"):
+    for key in ("reference", "title", "status", "status_reason", "queue", "priority", "severity", "customer_email",
+                "owner", "created_at", "first_response_at", "resolved_at", "previous_case", "merged_into"):
         if view.get(key) is not None:
             click.echo(f"{key.replace('_', ' ') + ':':<19} {view[key]}")
+    for hit in view["rules"]:
+        click.echo(f"{'rule:':<19} {hit['kind']} {hit['rule']!r} ({hit['origin']}): {'; '.join(hit['conditions'])}")
     for act in view["activities"]:
         click.echo(f"\n--- {act['kind'].replace('_', ' ')} {act['created_at']}  from {act['from']}  to {act['to']}")
         click.echo(f"    subject: {act['subject']}")

@@ -54,9 +54,9 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 
 def _register() -> None:
-    from maild.cli import cases, db, inbound, inject, mailboxes, outbox, run
+    from maild.cli import cases, db, inbound, inject, mailboxes, outbox, rules, run
 
-    for module in (db, run, inject, inbound, cases, outbox, mailboxes):
+    for module in (db, run, inject, inbound, cases, outbox, mailboxes, rules):
         cli.add_command(module.command)
 
 

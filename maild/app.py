@@ -22,6 +22,7 @@ from maild.errors import MaildError
 
 if TYPE_CHECKING:
     from maild.cases import IntakeContext
+    from maild.rules import RuleSet
     from maild.templates import Renderer
 
 REQUIRED_TEMPLATES = ["acknowledgement"]
@@ -38,6 +39,7 @@ class App:
         self._renderer: Renderer | None = None
         self._registry: registry.Registry | None = None
         self._lock: int | None = None
+        self._rules: RuleSet | None = None
 
     @property
     def renderer(self) -> Renderer:
@@ -85,7 +87,18 @@ class App:
         """Everything that must hold before work starts; raises with the fix in the message."""
         db.check_schema(self.engine)
         self.renderer.check(REQUIRED_TEMPLATES)
+        self._rules = load_rules(self.config)
         self._registry = registry.sync(self.factory, self.config)
+
+    @property
+    def rules(self) -> RuleSet:
+        if self._rules is None:
+            self._rules = load_rules(self.config)
+        return self._rules
+
+    @rules.setter
+    def rules(self, value: RuleSet) -> None:
+        self._rules = value
 
     @property
     def registry(self) -> registry.Registry:
@@ -96,7 +109,14 @@ class App:
     def intake_context(self) -> IntakeContext:
         from maild.cases import IntakeContext
 
-        return IntakeContext(self.config, self.registry, self.renderer)
+        return IntakeContext(self.config, self.registry, self.renderer, self.rules)
+
+
+def load_rules(config: Config) -> RuleSet:
+    """The rule files under ``paths.rules``, checked against the configured queues and agents."""
+    from maild import rules
+
+    return rules.load(config.paths.rules, queues=config.queues, agents=[a.name for a in config.agents])
 
 
 def load_app(path: str | Path, clock: Clock = utcnow) -> App:

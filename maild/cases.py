@@ -9,7 +9,7 @@ a case that was rolled back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -42,22 +42,29 @@ from maild.outbox import ACKNOWLEDGEMENT, REPLY, Draft, FileAttachment, compose,
 from maild.parse import ParsedMail
 from maild.refkeys import clean_title, make_reference, tag_subject
 from maild.registry import Registry
+from maild.ruling import new_case_fields, rule_disposition, run_rules
+from maild.rules import RuleSet
 from maild.templates import Renderer
 
 # How long a reply may wait for the message it answers to be processed first.
 PARENT_WAIT_LIMIT = timedelta(minutes=10)
 
+
 @dataclass(frozen=True)
 class IntakeContext:
-    """What the writer needs besides the session; built once by the daemon."""
+    """What the writer needs besides the session; built once by the daemon (again on SIGHUP)."""
 
     config: Config
     registry: Registry
     renderer: Renderer
+    rules: RuleSet = field(default_factory=RuleSet)
 
     @property
     def data_dir(self) -> Path:
         return self.config.paths.data
+
+    def queue_name(self, queue_id: int) -> str:
+        return next((n for n, i in self.registry.queue_ids.items() if i == queue_id), str(queue_id))
 
 
 @dataclass(frozen=True)
@@ -121,13 +128,23 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     if duplicate is not None:
         _finish(inbound, "duplicate", duplicate, now)
         return Outcome("duplicate", _reference(session, duplicate), note=f"Message-ID {mail.message_id} already recorded")
-    prefix = ctx.config.cases.reference_prefix
-    match = threader.match(mail, StoreLookup(session), prefix)
+    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix)
     if match is None:
         parent = _parent_in_line(session, mail, inbound, now)
         if parent is not None:
             return Outcome("waiting", note=f"the message it answers, {parent}, is not processed yet")
-    snapshot = _snapshot(session, match.case_id) if match else None
+    disposition = plan(session, ctx, mail, inbound.queue_id, match, now)
+    outcome = _HANDLERS[disposition.action](session, ctx, inbound, mail, disposition, now)
+    if match is not None and outcome.via is None and outcome.action != "quarantined":
+        outcome = Outcome(outcome.action, outcome.reference, match.via, outcome.acknowledged, outcome.note)
+    return outcome
+
+
+def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, match: threader.ThreadMatch | None,
+         now: datetime, *, lock: bool = True) -> Disposition:
+    """What a message will do, from what is stored now: the decision ``apply`` carries out,
+    and what ``maild rules test`` shows without writing anything (``lock=False``)."""
+    snapshot = _snapshot(session, match.case_id, lock) if match else None
     agent = ctx.config.agent_for_address(mail.sender_email)
     no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses())
     customer = customer_address(mail)
@@ -137,13 +154,14 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
         agent=agent.name if agent else None,
         no_reply_reason=no_reply,
         acks_last_hour=acks,
-        policy=_policy(ctx, inbound.queue_id),
+        policy=_policy(ctx, queue_id),
         now=now,
     )
-    outcome = _HANDLERS[disposition.action](session, ctx, inbound, mail, disposition, now)
-    if match is not None and outcome.via is None and outcome.action != "quarantined":
-        outcome = Outcome(outcome.action, outcome.reference, match.via, outcome.acknowledged, outcome.note)
-    return outcome
+    if agent is not None:
+        return disposition
+    # The safety checks above always ran first; rules can only add to them.
+    queue = ctx.queue_name(queue_id)
+    return rule_disposition(disposition, run_rules(session, ctx.rules, mail, queue, snapshot), queue)
 
 
 def customer_address(mail: ParsedMail) -> str | None:
@@ -190,8 +208,8 @@ def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage,
     )
 
 
-def _snapshot(session: Session, case_id: int) -> CaseSnapshot:
-    case = session.get(Case, case_id, with_for_update=True)
+def _snapshot(session: Session, case_id: int, lock: bool = True) -> CaseSnapshot:
+    case = session.get(Case, case_id, with_for_update=lock)
     if case is None:
         raise ProcessingError(f"case {case_id} vanished while threading")
     return CaseSnapshot(case.id, case.reference, case.status, case.resolved_at)
@@ -230,11 +248,14 @@ def audit(session: Session, case_id: int | None, actor: str, action: str, now: d
 def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
             d: Disposition, now: datetime) -> Outcome:
     contact = _contact_for(session, mail, now)
-    case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, previous=d.case)
-    _incoming_activity(session, ctx, case, inbound, mail, now)
+    case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, d)
+    activity = _incoming_activity(session, ctx, case, inbound, mail, now)
+    hits = d.rules.matched() if d.rules else []
+    activity.rule_hits = hits or None
     actor = f"customer:{contact.email}"
     audit(session, case.id, actor, "created", now, queue=case.queue.name, inbound_id=inbound.id,
-          previous=d.case.reference if d.case else None)
+          previous=d.case.reference if d.case else None, rules=[h["rule"] for h in hits] or None,
+          owner=case.owner.name if case.owner else None, priority=case.priority)
     if d.case is not None:
         audit(session, d.case.id, actor, "follow_up_created", now, follow_up=case.reference)
     acknowledged, note = False, d.no_ack_reason
@@ -297,6 +318,14 @@ def _quarantine(session: Session, ctx: IntakeContext, inbound: InboundMessage, m
     raise ProcessingError(d.reason or "quarantined by decision")
 
 
+def _ignore(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+            d: Disposition, now: datetime) -> Outcome:
+    # Kept with its raw bytes and marked, never dropped: `maild inbound show` tells why.
+    _finish(inbound, "ignored", None, now)
+    inbound.error = d.reason
+    return Outcome("ignored", note=d.reason)
+
+
 _Handler = Callable[[Session, IntakeContext, InboundMessage, ParsedMail, Disposition, datetime], Outcome]
 _HANDLERS: dict[str, _Handler] = {
     "create": _create,
@@ -305,6 +334,7 @@ _HANDLERS: dict[str, _Handler] = {
     "reopen": _append,
     "agent_reply": _relay,
     "quarantine": _quarantine,
+    "ignore": _ignore,
 }
 
 
@@ -350,21 +380,25 @@ def next_number(session: Session, name: str = "case") -> int:
 
 
 def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Contact, mail: ParsedMail,
-              now: datetime, previous: CaseSnapshot | None) -> Case:
+              now: datetime, d: Disposition) -> Case:
     prefix = ctx.config.cases.reference_prefix
+    fields = new_case_fields(d.rules, mail, queue=ctx.queue_name(queue_id), queue_id=queue_id, prefix=prefix,
+                             registry=ctx.registry)
     case = Case(
         reference=make_reference(prefix, next_number(session)),
-        title=(clean_title(mail.subject, prefix) or "(no subject)")[:500],
+        title=fields.title,
         contact_id=contact.id,
         account_id=contact.account_id,
-        queue_id=queue_id,
+        queue_id=fields.queue_id,
+        owner_id=fields.owner_id,
         status=ACTIVE,
         status_reason="In Progress",
-        origin="email",
-        priority="normal",
+        origin=fields.origin,
+        priority=fields.priority,
+        severity=fields.severity,
         created_at=now,
         updated_at=now,
-        previous_case_id=previous.id if previous else None,
+        previous_case_id=d.case.id if d.case else None,
     )
     session.add(case)
     session.flush()

@@ -16,6 +16,7 @@ from datetime import timedelta
 from types import FrameType
 
 from maild import config as config_mod
+from maild import rules
 from maild.app import REQUIRED_TEMPLATES, App
 from maild.cases import IntakeContext
 from maild.dispatch import DispatchRunner
@@ -84,17 +85,24 @@ class Daemon:
         log.info("maild stopped")
 
     def reload(self) -> None:
-        """Re-read templates (and the config's reloadable parts); keep the old ones on error."""
+        """Re-read templates and rules; on any error keep the running ones, and log why.
+
+        Queues and agents are not reloaded (they need a restart), so the new rules are
+        checked against the ones running.
+        """
+        running = self.app.config
         try:
-            fresh = config_mod.load(self.app.config.source)
+            fresh = config_mod.load(running.source)
             renderer = Renderer(fresh.paths.templates)
             renderer.check(REQUIRED_TEMPLATES)
+            ruleset = rules.load(fresh.paths.rules, queues=running.queues, agents=[a.name for a in running.agents])
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            log.error("reload refused, keeping the running templates and rules: %s", exc)
             return
-        self.app.renderer = renderer
-        self._context_value = replace(self._context_value, renderer=renderer)
-        log.info("reloaded templates from %s", fresh.paths.templates)
+        self.app.renderer, self.app.rules = renderer, ruleset
+        self._context_value = replace(self._context_value, renderer=renderer, rules=ruleset)
+        log.info("reloaded templates from %s and %d rule(s) from %s", fresh.paths.templates,
+                 len(ruleset.creation) + len(ruleset.routing), fresh.paths.rules)
 
     def serve_forever(self) -> None:
         """Install signal handlers (main thread only) and block until SIGTERM/SIGINT."""

@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from maild.models import ACTIVE, RESOLVED
+from maild.rules.engine import RuleResult
 
-Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "quarantine"]
+Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "quarantine", "ignore"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Disposition:
     case: CaseSnapshot | None = None
     acknowledge: bool = False
     no_ack_reason: str | None = None
-    reason: str | None = None  # why a message is quarantined
+    reason: str | None = None  # why a message is quarantined or ignored
+    rules: RuleResult | None = None  # what the record-creation and routing rules said
 
 
 def decide(

@@ -183,6 +183,8 @@ class Activity(Base):
     html: Mapped[str | None] = mapped_column(Text)
     agent_id: Mapped[int | None] = mapped_column(ForeignKey("agent.id"))
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id"))
+    # The rules that matched when this message created its case: why it went where it went.
+    rule_hits: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     case: Mapped[Case] = relationship(back_populates="activities")
     attachments: Mapped[list[Attachment]] = relationship(back_populates="activity", order_by="Attachment.id")

@@ -134,7 +134,7 @@ class IntakeRunner(Runner):
         sender = None if isinstance(mail, ParseError) else mail.sender_email
         msgid = None if isinstance(mail, ParseError) else mail.message_id
         level = logging.WARNING if outcome.action == "quarantined" else logging.INFO
-        log.log(level, "inbound %d queue=%s from=%s message-id=%s: %s", item.id, _queue(ctx, item.queue_id),
+        log.log(level, "inbound %d queue=%s from=%s message-id=%s: %s", item.id, ctx.queue_name(item.queue_id),
                 sender, msgid, outcome.describe())
 
 
@@ -144,6 +144,3 @@ def _parse(raw: bytes) -> ParsedMail | ParseError:
     except ParseError as exc:
         return exc
 
-
-def _queue(ctx: IntakeContext, queue_id: int) -> str:
-    return next((n for n, i in ctx.registry.queue_ids.items() if i == queue_id), str(queue_id))

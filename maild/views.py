@@ -68,6 +68,7 @@ def activity_view(activity: Activity) -> dict[str, Any]:
             {"filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256}
             for a in activity.attachments
         ],
+        "rules": activity.rule_hits or [],
     }
 
 
@@ -91,6 +92,10 @@ def show_case(session: Session, reference: str) -> dict[str, Any]:
         "parent": related.get(case.parent_id or 0),
         "previous_case": related.get(case.previous_case_id or 0),
         "merged_into": related.get(case.merged_into_id or 0),
+        "severity": case.severity,
+        "origin": case.origin,
+        # Why the case went where it went: the rules that matched when it was created.
+        "rules": next((a.rule_hits for a in case.activities if a.rule_hits), []),
         "activities": [activity_view(a) for a in case.activities],
         "audit": [
             {"at": _iso(e.at), "actor": e.actor, "action": e.action, "details": e.details}

@@ -87,7 +87,7 @@ def test_sighup_reloads_templates_and_keeps_the_old_ones_when_broken(make_env, t
     assert code == 0
     assert "RELOADED" in first.message.get_body(("plain",)).get_content()
     assert "RELOADED" in second.message.get_body(("plain",)).get_content(), "the broken template was refused"
-    assert "reload refused, keeping the running configuration" in log
+    assert "reload refused, keeping the running templates and rules" in log
 
 
 def test_sigterm_never_leaves_half_a_message(make_env) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,187 @@
+"""Load and validate ``rules/*.toml`` into a RuleSet, naming the file, the rule and the key of
+every problem (``rules/20-route.toml: routing[1] "invoices": when.any[0].field: unknown field``).
+
+Files load in name order; within a file, rules keep their order. Creation rules and routing
+rules each form one ordered list in which the first match wins. Queue and agent names are
+checked against the configuration, so a typo fails at start-up and in ``maild rules check``,
+never in the middle of processing mail.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from maild.errors import ConfigError
+from maild.rules import conditions
+from maild.rules.conditions import Condition
+
+CreationAction = Literal["create", "append_only", "ignore", "quarantine"]
+Priority = Literal["low", "normal", "high", "urgent"]
+TITLE_FIELDS = ("subject", "from", "queue")
+
+
+class RuleFileError(ConfigError):
+    """One or more problems in rule files; ``problems`` lists each as file: rule: key: problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSettings(_Model):
+    """Fields a creation rule sets on the new case."""
+
+    priority: Priority | Literal["from_headers"] | None = None
+    severity: str | None = Field(default=None, max_length=20)
+    origin: Literal["email", "phone", "web", "chat"] | None = None
+    title: str | None = Field(default=None, max_length=500)
+
+    @field_validator("title")
+    @classmethod
+    def _title_placeholders(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format_map({k: "" for k in TITLE_FIELDS})
+            except (KeyError, ValueError, IndexError) as exc:
+                raise ValueError(f"placeholders may be {', '.join('{' + k + '}' for k in TITLE_FIELDS)}: {exc}") from None
+        return value
+
+
+class _Rule(_Model):
+    name: str = Field(min_length=1, max_length=200)
+    when: Any = None  # validated by conditions.parse, which names the exact key
+    queues: tuple[str, ...] = ()  # empty: every queue
+
+
+class CreationSpec(_Rule):
+    action: CreationAction = "create"
+    reason: str | None = None
+    set: FieldSettings = FieldSettings()
+
+
+class RoutingSpec(_Rule):
+    queue: str | None = None
+    owner: str | None = None
+    priority: Priority | None = None
+
+
+class RuleFile(_Model):
+    creation: tuple[dict[str, Any], ...] = ()
+    routing: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class CreationRule:
+    spec: CreationSpec
+    condition: Condition | None
+    origin: str  # "rules/10-create.toml creation[0]"
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    spec: RoutingSpec
+    condition: Condition | None
+    origin: str
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    creation: tuple[CreationRule, ...] = ()
+    routing: tuple[RoutingRule, ...] = ()
+    files: tuple[Path, ...] = ()
+
+
+def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str]) -> RuleSet:
+    """Every ``*.toml`` in ``directory`` (a missing folder means no rules); raises RuleFileError."""
+    files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
+    known = _Known(set(queues), set(agents))
+    problems: list[str] = []
+    creation: list[CreationRule] = []
+    routing: list[RoutingRule] = []
+    for path in files:
+        c, r, errs = _load_file(path, known)
+        creation += c
+        routing += r
+        problems += errs
+    if problems:
+        raise RuleFileError(problems)
+    return RuleSet(tuple(creation), tuple(routing), tuple(files))
+
+
+@dataclass(frozen=True)
+class _Known:
+    queues: set[str]
+    agents: set[str]
+
+
+def _load_file(path: Path, known: _Known) -> tuple[list[CreationRule], list[RoutingRule], list[str]]:
+    shown = f"{path.parent.name}/{path.name}"
+    try:
+        data = RuleFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except tomllib.TOMLDecodeError as exc:
+        return [], [], [f"{shown}: not valid TOML: {exc}"]
+    except ValidationError as exc:
+        return [], [], [f"{shown}: {_loc(e['loc'])}: {_msg(e)}" for e in exc.errors()]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [], [f"{shown}: cannot read: {exc}"]
+    problems: list[str] = []
+    creation = [r for i, raw in enumerate(data.creation)
+                if (r := _rule(CreationSpec, CreationRule, raw, f"{shown}", f"creation[{i}]", known, problems))]
+    routing = [r for i, raw in enumerate(data.routing)
+               if (r := _rule(RoutingSpec, RoutingRule, raw, f"{shown}", f"routing[{i}]", known, problems))]
+    return creation, routing, problems
+
+
+def _rule(spec_type: type[_Rule], rule_type: type[Any], raw: dict[str, Any], shown: str, index: str, known: _Known,
+          problems: list[str]) -> Any:
+    label = f"{shown}: {index}" + (f" {raw['name']!r}" if isinstance(raw.get("name"), str) else "")
+    try:
+        spec = spec_type.model_validate(raw)
+    except ValidationError as exc:
+        problems += [f"{label}: {_loc(e['loc'])}: {_msg(e)}" for e in exc.errors()]
+        return None
+    errors = _references(spec, known)
+    try:
+        condition = None if spec.when is None else conditions.parse(spec.when)
+    except conditions.ConditionError as exc:
+        errors.append(str(exc))
+        condition = None
+    problems += [f"{label}: {e}" for e in errors]
+    return None if errors else rule_type(spec, condition, f"{shown} {index}")
+
+
+def _references(spec: _Rule, known: _Known) -> list[str]:
+    errors = [f"queues: unknown queue {q!r}; configured: {', '.join(sorted(known.queues))}"
+              for q in spec.queues if q not in known.queues]
+    if isinstance(spec, RoutingSpec):
+        if spec.queue is not None and spec.queue not in known.queues:
+            errors.append(f"queue: unknown queue {spec.queue!r}; configured: {', '.join(sorted(known.queues))}")
+        if spec.owner is not None and spec.owner not in known.agents:
+            errors.append(f"owner: unknown agent {spec.owner!r}; configured agents: "
+                          f"{', '.join(sorted(known.agents)) or 'none'}")
+        if spec.queue is None and spec.owner is None and spec.priority is None:
+            errors.append("a routing rule sets at least one of queue, owner, priority")
+    return errors
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(file)"
+
+
+def _msg(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"])

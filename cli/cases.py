@@ -18,22 +18,23 @@ def command() -> None:
 @command.command("list")
 @click.option("--queue", help="Only cases in this queue.")
 @click.option("--status", help="A status (Active, Resolved, Cancelled) or a status reason (On Hold).")
+@click.option("--unassigned", is_flag=True, help="Only active cases nobody owns yet.")
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
-def list_(state: State, queue: str | None, status: str | None, limit: int, as_json: bool) -> None:
+def list_(state: State, queue: str | None, status: str | None, unassigned: bool, limit: int, as_json: bool) -> None:
     """List cases, newest first."""
     if status and status_of(status, state.app.config.cases.status_reasons.all()) is None and \
             status.capitalize() not in (ACTIVE, RESOLVED, CANCELLED):
         raise click.BadParameter(f"{status!r} is neither a status nor a status reason (see `maild cases statuses`)",
                                  param_hint="--status")
     with transaction(state.app.factory) as session:
-        rows = views.list_cases(session, queue=queue, status=status, limit=limit)
+        rows = views.list_cases(session, queue=queue, status=status, limit=limit, unassigned=unassigned)
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["reference", "status", "status_reason", "queue", "priority", "customer_email", "title",
-                           "created_at"], "no cases")
+        print_table(rows, ["reference", "status", "status_reason", "queue", "owner", "priority", "customer_email",
+                           "title", "created_at"], "no cases")
 
 
 @command.command("statuses")
@@ -69,3 +70,35 @@ def show(state: State, reference: str, as_json: bool) -> None:
             click.echo(f"    attachment: {att['filename']!r} ({att['content_type']}, {att['size']} bytes)")
         click.echo("")
         click.echo((act["text"] or "").rstrip())
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@command.command("pick")
+@click.argument("reference")
+@click.option("--agent", required=True, help="The agent taking the case.")
+@pass_state
+def pick(state: State, reference: str, agent: str) -> None:
+    """An agent takes an unassigned case from its queue."""
+    from maild import casework
+
+    app = state.app
+    click.echo(casework.pick(app.factory, app.registry, reference, agent, actor=_actor(), now=app.clock()))
+
+
+@command.command("assign")
+@click.argument("reference")
+@click.option("--agent", help="Give the case to this agent.")
+@click.option("--queue", help="Move the case to this queue (without --agent: unassigned in it).")
+@pass_state
+def assign(state: State, reference: str, agent: str | None, queue: str | None) -> None:
+    """Assign a case to an agent, or move it to a queue."""
+    from maild import casework
+
+    app = state.app
+    click.echo(casework.assign(app.factory, app.registry, reference, agent=agent, queue=queue, actor=_actor(),
+                               now=app.clock()))

@@ -116,7 +116,8 @@ def load_rules(config: Config) -> RuleSet:
     """The rule files under ``paths.rules``, checked against the configured queues and agents."""
     from maild import rules
 
-    return rules.load(config.paths.rules, queues=config.queues, agents=[a.name for a in config.agents])
+    return rules.load(config.paths.rules, queues=config.queues, agents=[a.name for a in config.agents],
+                      teams=[t.name for t in config.teams])
 
 
 def load_app(path: str | Path, clock: Clock = utcnow) -> App:

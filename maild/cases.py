@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import attachments, safety, threader
+from maild import assignment, attachments, safety, threader
 from maild.config import Config
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
 from maild.errors import ProcessingError
@@ -390,7 +390,7 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
         contact_id=contact.id,
         account_id=contact.account_id,
         queue_id=fields.queue_id,
-        owner_id=fields.owner_id,
+        owner_id=_team_owner(session, ctx, d) or fields.owner_id,
         status=ACTIVE,
         status_reason="In Progress",
         origin=fields.origin,
@@ -403,6 +403,11 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
     session.add(case)
     session.flush()
     return case
+
+
+def _team_owner(session: Session, ctx: IntakeContext, d: Disposition) -> int | None:
+    team = ctx.config.team(d.rules.team) if d.rules and d.rules.team else None
+    return assignment.choose(session, team, ctx.registry) if team else None
 
 
 def _addresses(mail_addrs: tuple[Any, ...]) -> str:

@@ -218,6 +218,15 @@ class AgentConfig(_Model):
     emails: tuple[Email, ...] = Field(min_length=1)
 
 
+class TeamConfig(_Model):
+    """Agents who share a routing target; a new case goes to one of them."""
+
+    name: str = Field(min_length=1)
+    agents: tuple[str, ...] = Field(min_length=1)
+    # round_robin: each in turn; least_loaded: whoever owns the fewest active cases.
+    assignment: Literal["round_robin", "least_loaded"] = "round_robin"
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["plain", "json"] = "plain"
@@ -235,6 +244,7 @@ class Config(_Model):
     acknowledgements: AcknowledgementConfig = AcknowledgementConfig()
     queues: dict[str, QueueConfig] = Field(min_length=1)
     agents: tuple[AgentConfig, ...] = ()
+    teams: tuple[TeamConfig, ...] = ()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
@@ -251,7 +261,15 @@ class Config(_Model):
             for addr in agent.emails:
                 if addr in seen:
                     raise ValueError(f"agents.{i}.emails: {addr} is a queue address and cannot be an agent")
+        names = {a.name for a in self.agents}
+        for i, team in enumerate(self.teams):
+            unknown = [a for a in team.agents if a not in names]
+            if unknown:
+                raise ValueError(f"teams.{i}.agents: unknown agent {unknown[0]!r}; agents are listed in [[agents]]")
         return self
+
+    def team(self, name: str) -> TeamConfig | None:
+        return next((t for t in self.teams if t.name == name), None)
 
     # Lookups used on every message; computed from frozen data, so cheap to call.
     def queue_for_address(self, address: str) -> str | None:

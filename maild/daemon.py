@@ -95,7 +95,8 @@ class Daemon:
             fresh = config_mod.load(running.source)
             renderer = Renderer(fresh.paths.templates)
             renderer.check(REQUIRED_TEMPLATES)
-            ruleset = rules.load(fresh.paths.rules, queues=running.queues, agents=[a.name for a in running.agents])
+            ruleset = rules.load(fresh.paths.rules, queues=running.queues, agents=[a.name for a in running.agents],
+                                 teams=[t.name for t in running.teams])
         except ConfigError as exc:
             log.error("reload refused, keeping the running templates and rules: %s", exc)
             return

@@ -57,7 +57,11 @@ def explain(session: Session, ctx: IntakeContext, mail: ParsedMail, queue: str, 
     if d.action in NEW_CASE_ACTIONS:
         f = new_case_fields(result, mail, queue=queue, queue_id=queue_id,
                             prefix=ctx.config.cases.reference_prefix, registry=ctx.registry)
-        case = {"title": f.title, "queue": ctx.queue_name(f.queue_id), "owner": result.owner if result else None,
+        owner = result.owner if result else None
+        if result and result.team:
+            team = ctx.config.team(result.team)
+            owner = f"team {result.team} ({team.assignment.replace('_', ' ') if team else '?'})"
+        case = {"title": f.title, "queue": ctx.queue_name(f.queue_id), "owner": owner,
                 "priority": f.priority, "severity": f.severity, "origin": f.origin}
     thread = None
     if match is not None:

@@ -71,7 +71,10 @@ class NewCaseFields:
 
 def new_case_fields(result: RuleResult | None, mail: ParsedMail, *, queue: str, queue_id: int, prefix: str,
                     registry: Registry) -> NewCaseFields:
-    """The fields of a new case: defaults, then the creation rule's settings, then routing (pure)."""
+    """The fields of a new case: defaults, then the creation rule's settings, then routing (pure).
+
+    A team owner is chosen by the writer (it depends on stored cases), not here.
+    """
     subject = clean_title(mail.subject, prefix) or "(no subject)"
     if result is None:
         return NewCaseFields(subject[:500], "normal", None, "email", queue_id, None)

@@ -7,12 +7,12 @@ from email.parser import BytesHeaderParser
 from email.policy import default
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case as when_then, func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from maild.errors import NotFound
 from maild.config import Config
-from maild.models import Activity, AuditEvent, Case, InboundMessage, MailboxState, OutboundMessage, Queue
+from maild.models import ACTIVE, Activity, AuditEvent, Case, InboundMessage, MailboxState, OutboundMessage, Queue
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -36,8 +36,25 @@ def case_summary(case: Case) -> dict[str, Any]:
     }
 
 
+def queue_overview(session: Session, queue_names: list[str]) -> list[dict[str, Any]]:
+    """Per configured queue: its active cases, those nobody owns, and those of high or urgent priority."""
+    rows = {name: {"queue": name, "open": 0, "unassigned": 0, "high_priority": 0} for name in queue_names}
+    query = (
+        select(Queue.name, func.count(),
+               func.sum(when_then((Case.owner_id.is_(None), 1), else_=0)),
+               func.sum(when_then((Case.priority.in_(["high", "urgent"]), 1), else_=0)))
+        .join(Case, Case.queue_id == Queue.id)
+        .where(Case.status == ACTIVE)
+        .group_by(Queue.name)
+    )
+    for name, total, unassigned, high in session.execute(query):
+        if name in rows:
+            rows[name].update(open=int(total), unassigned=int(unassigned or 0), high_priority=int(high or 0))
+    return list(rows.values())
+
+
 def list_cases(session: Session, *, queue: str | None = None, status: str | None = None,
-               limit: int = 100) -> list[dict[str, Any]]:
+               limit: int = 100, unassigned: bool = False) -> list[dict[str, Any]]:
     query = (
         select(Case)
         .options(joinedload(Case.queue), joinedload(Case.contact), joinedload(Case.owner))
@@ -46,6 +63,8 @@ def list_cases(session: Session, *, queue: str | None = None, status: str | None
     )
     if queue:
         query = query.join(Queue, Case.queue_id == Queue.id).where(Queue.name == queue)
+    if unassigned:  # the queue's pool: active cases nobody has picked yet
+        query = query.where(Case.owner_id.is_(None), Case.status == ACTIVE)
     if status:
         # Accept a status ("Active") or a status reason ("On Hold"), case-insensitively.
         query = query.where((Case.status.ilike(status)) | (Case.status_reason.ilike(status)))

@@ -9,7 +9,7 @@ the others. Every rule looked at leaves a line in the trace, condition by condit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from maild.rules import conditions
@@ -42,6 +42,7 @@ class RuleResult:
     queue: str | None = None
     owner: str | None = None
     priority: str | None = None
+    team: str | None = None
     trace: tuple[Hit, ...] = field(default=())
 
     def matched(self) -> list[dict[str, Any]]:
@@ -59,8 +60,7 @@ def evaluate(rules: RuleSet, facts: Facts, queue: str) -> RuleResult:
         result = RuleResult(s.action, s.name, s.reason or f"rule {s.name!r}", s.set, trace=tuple(trace))
     if isinstance(routed, RoutingRule):
         r = routed.spec
-        result = RuleResult(result.action, result.creation_rule, result.reason, result.fields, r.name, r.queue, r.owner,
-                            r.priority, tuple(trace))
+        result = replace(result, routing_rule=r.name, queue=r.queue, owner=r.owner, priority=r.priority, team=r.team)
     return result
 
 

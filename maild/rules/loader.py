@@ -71,7 +71,8 @@ class CreationSpec(_Rule):
 
 class RoutingSpec(_Rule):
     queue: str | None = None
-    owner: str | None = None
+    owner: str | None = None  # an agent
+    team: str | None = None  # or a team: one of its agents, by the team's assignment method
     priority: Priority | None = None
 
 
@@ -101,10 +102,10 @@ class RuleSet:
     files: tuple[Path, ...] = ()
 
 
-def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str]) -> RuleSet:
+def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str], teams: Iterable[str] = ()) -> RuleSet:
     """Every ``*.toml`` in ``directory`` (a missing folder means no rules); raises RuleFileError."""
     files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
-    known = _Known(set(queues), set(agents))
+    known = _Known(set(queues), set(agents), set(teams))
     problems: list[str] = []
     creation: list[CreationRule] = []
     routing: list[RoutingRule] = []
@@ -122,6 +123,7 @@ def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str]) -> Ru
 class _Known:
     queues: set[str]
     agents: set[str]
+    teams: set[str]
 
 
 def _load_file(path: Path, known: _Known) -> tuple[list[CreationRule], list[RoutingRule], list[str]]:
@@ -169,8 +171,12 @@ def _references(spec: _Rule, known: _Known) -> list[str]:
         if spec.owner is not None and spec.owner not in known.agents:
             errors.append(f"owner: unknown agent {spec.owner!r}; configured agents: "
                           f"{', '.join(sorted(known.agents)) or 'none'}")
-        if spec.queue is None and spec.owner is None and spec.priority is None:
-            errors.append("a routing rule sets at least one of queue, owner, priority")
+        if spec.team is not None and spec.team not in known.teams:
+            errors.append(f"team: unknown team {spec.team!r}; configured teams: {', '.join(sorted(known.teams)) or 'none'}")
+        if spec.team is not None and spec.owner is not None:
+            errors.append("owner: give an owner or a team, not both")
+        if spec.queue is None and spec.owner is None and spec.team is None and spec.priority is None:
+            errors.append("a routing rule sets at least one of queue, owner, team, priority")
     return errors
 
 

@@ -1,0 +1,74 @@
+"""An admin's or agent's changes to a case from the command line: pick, assign, move.
+
+Each change is one transaction with its audit event, like every write to a case.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from maild.cases import audit
+from maild.db import transaction
+from maild.errors import MaildError, NotFound
+from maild.models import ACTIVE, Case
+from maild.registry import Registry
+
+
+class NotAllowed(MaildError):
+    """The change does not fit the case's state (owned by someone else, closed)."""
+
+
+def pick(factory: sessionmaker[Session], registry: Registry, reference: str, agent: str, *, actor: str,
+         now: datetime) -> str:
+    """``agent`` takes an unassigned case from its queue; returns what happened."""
+    agent_id = _agent_id(registry, agent)
+    with transaction(factory) as session:
+        case = _case(session, reference)
+        if case.status != ACTIVE:
+            raise NotAllowed(f"case {case.reference} is {case.status}; only active cases can be picked")
+        if case.owner_id == agent_id:
+            return f"{case.reference} is already owned by {agent}"
+        if case.owner_id is not None:
+            raise NotAllowed(f"case {case.reference} is owned by {case.owner.name if case.owner else case.owner_id}; "
+                             "use `maild cases assign` to reassign it")
+        case.owner_id, case.updated_at = agent_id, now
+        audit(session, case.id, actor, "picked", now, owner=agent, queue=case.queue.name)
+        return f"{case.reference} picked by {agent} from queue {case.queue.name}"
+
+
+def assign(factory: sessionmaker[Session], registry: Registry, reference: str, *, agent: str | None,
+           queue: str | None, actor: str, now: datetime) -> str:
+    """Give a case to an agent, move it to a queue (back to that queue's unassigned pool), or both."""
+    if agent is None and queue is None:
+        raise MaildError("give --agent, --queue or both")
+    agent_id = _agent_id(registry, agent) if agent else None
+    if queue is not None and queue not in registry.queue_ids:
+        raise NotFound(f"no queue {queue!r}; configured: {', '.join(sorted(registry.queue_ids))}")
+    with transaction(factory) as session:
+        case = _case(session, reference)
+        before = {"owner": case.owner.name if case.owner else None, "queue": case.queue.name}
+        if queue is not None:
+            case.queue_id = registry.queue_ids[queue]
+        case.owner_id = agent_id
+        case.updated_at = now
+        session.flush()
+        session.refresh(case)
+        after = {"owner": agent, "queue": case.queue.name}
+        audit(session, case.id, actor, "assigned", now, before=before, after=after)
+        return f"{case.reference}: queue {after['queue']}, owner {agent or '(none: the queue picks it up)'}"
+
+
+def _case(session: Session, reference: str) -> Case:
+    case = session.scalar(select(Case).where(Case.reference == reference.strip().upper()).with_for_update())
+    if case is None:
+        raise NotFound(f"no case {reference}")
+    return case
+
+
+def _agent_id(registry: Registry, name: str) -> int:
+    if name not in registry.agent_ids:
+        raise NotFound(f"no agent {name!r}; agents: {', '.join(sorted(registry.agent_ids)) or 'none'}")
+    return registry.agent_ids[name]

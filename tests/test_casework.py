@@ -1,0 +1,97 @@
+"""Queue work from the command line, and teams: round-robin and least-loaded assignment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Env, mail
+
+TEAMS = """
+[[agents]]
+name = "Bob Agent"
+emails = ["bob@example.test"]
+
+[[agents]]
+name = "Carol Agent"
+emails = ["carol@example.test"]
+
+[[teams]]
+name = "desk"
+agents = ["Alice Agent", "Bob Agent", "Carol Agent"]
+assignment = "{assignment}"
+"""
+
+
+def team_env(make_env, tmp_path: Path, assignment: str) -> Env:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "10-route.toml").write_text('[[routing]]\nname = "desk"\nwhen = { field = "subject", contains = "desk" }'
+                                          '\nteam = "desk"\n')
+    return make_env(rules=folder.as_posix(), ack_limit=100, extra=TEAMS.format(assignment=assignment))  # type: ignore[no-any-return]
+
+
+def owners(env: Env) -> list[str | None]:
+    return [c["owner"] for c in reversed(env.json("cases", "list"))]
+
+
+def test_round_robin_takes_each_agent_in_turn_across_runs(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = team_env(make_env, tmp_path, "round_robin")
+    for i in range(4):
+        env.inject(mail(subject=f"desk {i}"))
+        env.ok("run", "--once")  # a new process each time: the turn is kept in the database
+    env.inject(mail(subject="not for the team"))
+    env.ok("run", "--once")
+    assert owners(env) == ["Alice Agent", "Bob Agent", "Carol Agent", "Alice Agent", None]
+
+
+def test_least_loaded_goes_to_whoever_has_fewest_active_cases(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = team_env(make_env, tmp_path, "least_loaded")
+    env.inject(mail(subject="no team"))
+    env.inject(mail(subject="also no team"))
+    env.ok("run", "--once")
+    refs = [c["reference"] for c in env.json("cases", "list")]
+    env.ok("cases", "assign", refs[0], "--agent", "Alice Agent")
+    env.ok("cases", "assign", refs[1], "--agent", "Bob Agent")
+    env.inject(mail(subject="desk one"))
+    env.ok("run", "--once")
+    env.inject(mail(subject="desk two"))
+    env.ok("run", "--once")
+    # Alice and Bob have one each: Carol gets the first; then all three have one: Alice (listed first).
+    assert owners(env)[2:] == ["Carol Agent", "Alice Agent"]
+
+
+def test_pick_assign_and_queue_counts_are_audited(make_env) -> None:  # type: ignore[no-untyped-def]
+    env: Env = make_env(ack_limit=100)
+    env.inject(mail(subject="one"))
+    env.inject(mail(subject="two", headers={"X-Priority": "1"}))
+    env.inject(mail(subject="three", to="billing@example.test"))
+    env.ok("run", "--once")
+    queues = {q["queue"]: q for q in env.json("queues", "list")}
+    assert queues["support"] == {"queue": "support", "open": 2, "unassigned": 2, "high_priority": 0,
+                                 "address": "support@example.test"}
+    one = next(c for c in env.json("cases", "list") if c["title"] == "one")["reference"]
+    assert "picked by Alice Agent from queue support" in env.ok("cases", "pick", one, "--agent", "Alice Agent")
+    assert [c["title"] for c in env.json("cases", "list", "--unassigned", "--queue", "support")] == ["two"]
+    again = env.cli("cases", "pick", one, "--agent", "Nobody")
+    assert again.exit_code == 1 and "no agent 'Nobody'" in again.output
+    env.ok("cases", "assign", one, "--queue", "billing")  # back to a pool: billing's
+    shown = env.json("cases", "show", one)
+    assert (shown["queue"], shown["owner"]) == ("billing", None)
+    actions = [(e["action"], e["actor"].startswith("cli:")) for e in shown["audit"]]
+    assert ("picked", True) in actions and ("assigned", True) in actions
+    assigned = next(e for e in shown["audit"] if e["action"] == "assigned")["details"]
+    assert assigned == {"before": {"owner": "Alice Agent", "queue": "support"},
+                        "after": {"owner": None, "queue": "billing"}}
+    assert {q["queue"]: q["unassigned"] for q in env.json("queues", "list")} == {"support": 1, "billing": 2}
+    table = env.ok("queues", "list")
+    assert "unassigned" in table and "billing@example.test" in table
+
+
+def test_pick_refuses_a_case_someone_else_owns(make_env) -> None:  # type: ignore[no-untyped-def]
+    env: Env = make_env(extra='[[agents]]\nname = "Bob Agent"\nemails = ["bob@example.test"]\n')
+    env.inject(mail())
+    env.ok("run", "--once")
+    [case] = env.json("cases", "list")
+    env.ok("cases", "pick", case["reference"], "--agent", "Bob Agent")
+    taken = env.cli("cases", "pick", case["reference"], "--agent", "Alice Agent")
+    assert taken.exit_code == 1 and "is owned by Bob Agent" in taken.output

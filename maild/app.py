@@ -86,7 +86,7 @@ class App:
     def prepare(self) -> None:
         """Everything that must hold before work starts; raises with the fix in the message."""
         db.check_schema(self.engine)
-        self.renderer.check(REQUIRED_TEMPLATES)
+        self.renderer.check(required_templates(self.config))
         self._rules = load_rules(self.config)
         self._registry = registry.sync(self.factory, self.config)
 
@@ -110,6 +110,12 @@ class App:
         from maild.cases import IntakeContext
 
         return IntakeContext(self.config, self.registry, self.renderer, self.rules)
+
+
+def required_templates(config: Config) -> list[str]:
+    """The templates this configuration sends mail with; checked at start-up and on reload."""
+    refusing = any(q.unknown_senders == "refuse" for q in config.queues.values())
+    return REQUIRED_TEMPLATES + (["unknown_sender"] if refusing else [])
 
 
 def load_rules(config: Config) -> RuleSet:

@@ -9,7 +9,7 @@ a case that was rolled back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import assignment, attachments, safety, threader
+from maild import assignment, attachments, safety, senders, threader
 from maild.config import Config
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
 from maild.errors import ProcessingError
@@ -38,11 +38,11 @@ from maild.models import (
     OutboundMessage,
     Queue,
 )
-from maild.outbox import ACKNOWLEDGEMENT, REPLY, Draft, FileAttachment, compose, new_message_id, outbox_row
+from maild.outbox import ACKNOWLEDGEMENT, REFUSAL, REPLY, Draft, FileAttachment, compose, new_message_id, outbox_row
 from maild.parse import ParsedMail
 from maild.refkeys import clean_title, make_reference, tag_subject
 from maild.registry import Registry
-from maild.ruling import new_case_fields, rule_disposition, run_rules
+from maild.ruling import NEW_CASE_ACTIONS, new_case_fields, rule_disposition, run_rules
 from maild.rules import RuleSet
 from maild.templates import Renderer
 
@@ -161,7 +161,12 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
         return disposition
     # The safety checks above always ran first; rules can only add to them.
     queue = ctx.queue_name(queue_id)
-    return rule_disposition(disposition, run_rules(session, ctx.rules, mail, queue, snapshot), queue)
+    disposition = rule_disposition(disposition, run_rules(session, ctx.rules, mail, queue, snapshot), queue)
+    if disposition.action in NEW_CASE_ACTIONS and ctx.config.queues[queue].unknown_senders == "refuse" \
+            and not senders.is_known(session, mail.sender_email):
+        return replace(disposition, action="refuse",
+                       reason=f"unknown sender: queue {queue} takes new cases only from known customers")
+    return disposition
 
 
 def customer_address(mail: ParsedMail) -> str | None:
@@ -223,7 +228,7 @@ def _recent_acks(session: Session, recipient: str, now: datetime) -> int:
     return session.scalar(
         select(func.count()).where(
             OutboundMessage.recipient == recipient,
-            OutboundMessage.kind == ACKNOWLEDGEMENT,
+            OutboundMessage.kind.in_([ACKNOWLEDGEMENT, REFUSAL]),  # every auto-answer counts
             OutboundMessage.created_at > now - timedelta(hours=1),
         )
     ) or 0
@@ -247,7 +252,7 @@ def audit(session: Session, case_id: int | None, actor: str, action: str, now: d
 
 def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
             d: Disposition, now: datetime) -> Outcome:
-    contact = _contact_for(session, mail, now)
+    contact = _contact_for(session, mail, now, ctx.config.queues[ctx.queue_name(inbound.queue_id)].unknown_senders)
     case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, d)
     activity = _incoming_activity(session, ctx, case, inbound, mail, now)
     hits = d.rules.matched() if d.rules else []
@@ -318,6 +323,18 @@ def _quarantine(session: Session, ctx: IntakeContext, inbound: InboundMessage, m
     raise ProcessingError(d.reason or "quarantined by decision")
 
 
+def _refuse(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+            d: Disposition, now: datetime) -> Outcome:
+    to_addr = customer_address(mail)
+    answered = d.acknowledge and to_addr is not None
+    if answered:
+        senders.refusal(session, ctx.renderer, inbound.queue, mail, to_addr or "",
+                        message_id_domain=ctx.config.outgoing.message_id_domain, now=now)
+    _finish(inbound, "refused", None, now)
+    inbound.error = d.reason if answered else f"{d.reason}; not answered: {d.no_ack_reason}"
+    return Outcome("refused", note=inbound.error)
+
+
 def _ignore(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
             d: Disposition, now: datetime) -> Outcome:
     # Kept with its raw bytes and marked, never dropped: `maild inbound show` tells why.
@@ -335,6 +352,7 @@ _HANDLERS: dict[str, _Handler] = {
     "agent_reply": _relay,
     "quarantine": _quarantine,
     "ignore": _ignore,
+    "refuse": _refuse,
 }
 
 
@@ -348,7 +366,7 @@ def _case(session: Session, d: Disposition) -> Case:
     return case
 
 
-def _contact_for(session: Session, mail: ParsedMail, now: datetime) -> Contact:
+def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str = "create") -> Contact:
     if mail.sender is None:
         raise ProcessingError("the message has no usable From address")
     email = mail.sender.email
@@ -356,7 +374,10 @@ def _contact_for(session: Session, mail: ParsedMail, now: datetime) -> Contact:
     if contact is None:
         try:
             with session.begin_nested():  # another worker may be creating the same contact
-                contact = Contact(email=email, name=mail.sender.name, created_at=now)
+                account = senders.account_for_domain(session, mail.sender_domain, now) \
+                    if policy == "create_with_account" else None
+                contact = Contact(email=email, name=mail.sender.name, created_at=now,
+                                  account_id=account.id if account else None)
                 session.add(contact)
         except IntegrityError:
             contact = session.scalar(select(Contact).where(Contact.email == email))

@@ -210,6 +210,9 @@ class QueueConfig(_Model):
     addresses: tuple[Email, ...] = Field(min_length=1)
     name: str | None = None
     acknowledge: bool = True
+    # Senders not yet in the customer records: "create" a contact, "create_with_account"
+    # (also an account for the sender's domain), or "refuse" (no case; templated answer).
+    unknown_senders: Literal["create", "create_with_account", "refuse"] = "create"
     imap: ImapConfig | None = None
 
 

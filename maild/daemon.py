@@ -17,7 +17,7 @@ from types import FrameType
 
 from maild import config as config_mod
 from maild import rules
-from maild.app import REQUIRED_TEMPLATES, App
+from maild.app import App, required_templates
 from maild.cases import IntakeContext
 from maild.dispatch import DispatchRunner
 from maild.errors import ConfigError
@@ -94,7 +94,7 @@ class Daemon:
         try:
             fresh = config_mod.load(running.source)
             renderer = Renderer(fresh.paths.templates)
-            renderer.check(REQUIRED_TEMPLATES)
+            renderer.check(required_templates(running))
             ruleset = rules.load(fresh.paths.rules, queues=running.queues, agents=[a.name for a in running.agents],
                                  teams=[t.name for t in running.teams])
         except ConfigError as exc:

@@ -16,7 +16,8 @@ from email.utils import format_datetime, make_msgid
 
 from maild.models import Activity, OutboundMessage
 
-ACKNOWLEDGEMENT, REPLY = "acknowledgement", "reply"
+# REFUSAL: the answer to an unknown sender in a queue that refuses them (maild.senders).
+ACKNOWLEDGEMENT, REPLY, REFUSAL = "acknowledgement", "reply", "refusal"
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,45 @@ def test_pick_refuses_a_case_someone_else_owns(make_env) -> None:  # type: ignor
     env.ok("cases", "pick", case["reference"], "--agent", "Bob Agent")
     taken = env.cli("cases", "pick", case["reference"], "--agent", "Alice Agent")
     assert taken.exit_code == 1 and "is owned by Bob Agent" in taken.output
+
+
+def test_unknown_senders_refused_with_a_templated_answer_and_the_message_kept(make_env) -> None:  # type: ignore[no-untyped-def]
+    env: Env = make_env(ack_limit=2)
+    env.config.write_text(env.config.read_text().replace(
+        'name = "Example Billing"', 'name = "Example Billing"\nunknown_senders = "refuse"'))
+    env.inject(mail(subject="who am I", to="billing@example.test"))
+    env.inject(mail(subject="known elsewhere", sender="jane@customer.test"))  # support creates the contact
+    env.ok("run", "--once")
+    env.inject(mail(subject="now known", sender="jane@customer.test", to="billing@example.test"))
+    for i in range(3):  # a stranger who keeps writing: answered at most ack_limit times an hour
+        env.inject(mail(subject=f"stranger {i}", sender="eve@stranger.test", to="billing@example.test"))
+    env.ok("run", "--once")
+    assert sorted(c["title"] for c in env.json("cases", "list")) == ["known elsewhere", "now known"]
+    refused = [r for r in env.json("inbound", "list") if r["outcome"] == "refused"]
+    assert len(refused) == 4  # jane's first (unknown then), and eve's three
+    assert all("unknown sender: queue billing takes new cases only from known customers" in r["error"]
+               for r in refused)
+    assert sum("not answered: rate limit" in r["error"] for r in refused) == 1
+    answers = [c for c in env.peer.wait_for(4)
+               if "registered customers" in c.message.get_body(("plain",)).get_content()]
+    assert len(answers) == 3
+    first = answers[0].message
+    assert first["Auto-Submitted"] == "auto-replied" and first["Subject"] == "Re: who am I"
+    assert first["From"].addresses[0].addr_spec == "billing@example.test"
+
+
+def test_create_with_account_files_contacts_under_their_company(make_env) -> None:  # type: ignore[no-untyped-def]
+    env: Env = make_env(ack_limit=100)
+    env.config.write_text(env.config.read_text().replace(
+        'name = "Example Support"', 'name = "Example Support"\nunknown_senders = "create_with_account"'))
+    env.inject(mail(sender="a@bigco.test"))
+    env.inject(mail(sender="b@bigco.test"))
+    env.inject(mail(sender="someone@gmail.com"))
+    env.ok("run", "--once")
+    engine = env.engine()
+    with engine.connect() as conn:
+        rows = conn.execute(__import__("sqlalchemy").text(
+            "SELECT c.email, a.name FROM contact c LEFT JOIN account a ON a.id = c.account_id ORDER BY c.email")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("a@bigco.test", "bigco.test"), ("b@bigco.test", "bigco.test"),
+                                        ("someone@gmail.com", None)]

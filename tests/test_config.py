@@ -54,6 +54,10 @@ BAD = [
     ("[[agents]]\nname = \"X\"\nemails = [\"support@example.test\"]\n", "is a queue address and cannot be an agent"),
     ("[queues.Bad]\naddresses = [\"b@example.test\"]\n", "queue names are lower-case"),
     ("this is not toml", "not valid TOML"),
+    ("[[teams]]\nname = \"desk\"\nagents = [\"Ghost\"]\n", "teams.0.agents: unknown agent 'Ghost'"),
+    ("[[teams]]\nname = \"desk\"\nagents = []\n", "teams.0.agents: Tuple should have at least 1 item"),
+    ("[queues.support]\naddresses = [\"s@example.test\"]\nunknown_senders = \"maybe\"\n",
+     "queues.support.unknown_senders: expected 'create', 'create_with_account' or 'refuse'"),
 ]
 
 

@@ -54,9 +54,9 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 
 def _register() -> None:
-    from maild.cli import cases, db, inbound, inject, mailboxes, outbox, queues, rules, run
+    from maild.cli import cases, customers, db, inbound, inject, mailboxes, outbox, queues, rules, run
 
-    for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules):
+    for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers):
         cli.add_command(module.command)
 
 

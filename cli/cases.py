@@ -57,7 +57,8 @@ def show(state: State, reference: str, as_json: bool) -> None:
     if as_json:
         print_json(view)
         return
-    for key in ("reference", "title", "status", "status_reason", "queue", "priority", "severity", "customer_email",
+    for key in ("reference", "title", "status", "status_reason", "queue", "priority", "severity", "subject",
+                "customer_email",
                 "owner", "created_at", "first_response_at", "resolved_at", "previous_case", "merged_into"):
         if view.get(key) is not None:
             click.echo(f"{key.replace('_', ' ') + ':':<19} {view[key]}")

@@ -54,9 +54,9 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 
 def _register() -> None:
-    from maild.cli import cases, customers, db, inbound, inject, mailboxes, outbox, queues, rules, run
+    from maild.cli import cases, customers, db, inbound, inject, mailboxes, outbox, queues, rules, run, subjects
 
-    for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers):
+    for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers, subjects):
         cli.add_command(module.command)
 
 

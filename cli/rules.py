@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from maild.app import load_rules
-from maild.cli.state import State, pass_state, print_json
+from maild.cli.state import State, pass_state, print_json, print_table
 from maild.rules import RuleFileError
 
 
@@ -77,3 +78,39 @@ def _print(r: dict[str, Any]) -> None:
                    + f", origin {c['origin']}")
     ack = r["acknowledgement"]
     click.echo(f"acknowledge:  {'yes, to ' + ack['to'] if ack['sent'] else 'no: ' + ack['reason']}")
+
+
+@command.command("replay")
+@click.option("--since", default="30d", show_default=True, help="How far back: 30m, 24h, 7d, 2w.")
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A candidate rules directory; default: the configured one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def replay(state: State, since: str, rules_dir: Path | None, as_json: bool) -> None:
+    """Run stored mail through the rules, writing nothing, and show what would change."""
+    from maild import replay as replay_mod
+    from maild import rules as rules_mod
+    from maild.db import transaction
+
+    app = state.app
+    app.prepare()
+    config = app.config
+    candidate = app.rules if rules_dir is None else rules_mod.load(
+        rules_dir, queues=config.queues, agents=[a.name for a in config.agents], teams=[t.name for t in config.teams])
+    now = app.clock()
+    with transaction(app.factory) as session:
+        report = replay_mod.replay(session, app.intake_context(), candidate,
+                                   since=now - replay_mod.parse_duration(since), now=now)
+        session.rollback()  # nothing a dry run touched is kept
+    result = report.as_dict()
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"{result['messages']} stored message(s) since {since} replayed through "
+               f"{rules_dir or config.paths.rules}")
+    print_table(result["queues"], ["queue", "before", "after"], "no new cases either way")
+    if not result["changes"]:
+        click.echo("no message would change its outcome")
+        return
+    click.echo(f"\n{len(result['changes'])} message(s) would change:")
+    print_table(result["changes"], ["inbound_id", "received_at", "sender", "subject", "before", "after", "rule"], "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,7 +89,14 @@ class App:
         db.check_schema(self.engine)
         self.renderer.check(required_templates(self.config))
         self._rules = load_rules(self.config)
-        self._registry = registry.sync(self.factory, self.config)
+        self._registry = self.sync_registry(self._rules)
+
+    def sync_registry(self, ruleset: RuleSet) -> registry.Registry:
+        """Mirror queues, agents and the rules' subject tree into the database."""
+        from maild import subjects
+
+        synced = registry.sync(self.factory, self.config)
+        return replace(synced, subject_ids=subjects.sync(self.factory, ruleset.subjects))
 
     @property
     def rules(self) -> RuleSet:
@@ -102,7 +110,7 @@ class App:
 
     @property
     def registry(self) -> registry.Registry:
-        if self._registry is None:
+        if self._registry is None:  # light: `maild inject` needs queue ids, not the rules
             self._registry = registry.sync(self.factory, self.config)
         return self._registry
 

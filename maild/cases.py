@@ -417,6 +417,7 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
         origin=fields.origin,
         priority=fields.priority,
         severity=fields.severity,
+        subject_id=fields.subject_id,
         created_at=now,
         updated_at=now,
         previous_case_id=d.case.id if d.case else None,

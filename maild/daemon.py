@@ -101,7 +101,8 @@ class Daemon:
             log.error("reload refused, keeping the running templates and rules: %s", exc)
             return
         self.app.renderer, self.app.rules = renderer, ruleset
-        self._context_value = replace(self._context_value, renderer=renderer, rules=ruleset)
+        synced = self.app.sync_registry(ruleset)  # new subjects get their rows before any case uses them
+        self._context_value = replace(self._context_value, renderer=renderer, rules=ruleset, registry=synced)
         log.info("reloaded templates from %s and %d rule(s) from %s", fresh.paths.templates,
                  len(ruleset.creation) + len(ruleset.routing), fresh.paths.rules)
 

@@ -62,7 +62,8 @@ def explain(session: Session, ctx: IntakeContext, mail: ParsedMail, queue: str, 
             team = ctx.config.team(result.team)
             owner = f"team {result.team} ({team.assignment.replace('_', ' ') if team else '?'})"
         case = {"title": f.title, "queue": ctx.queue_name(f.queue_id), "owner": owner,
-                "priority": f.priority, "severity": f.severity, "origin": f.origin}
+                "priority": f.priority, "severity": f.severity, "origin": f.origin,
+                "subject": result.subject if result else None}
     thread = None
     if match is not None:
         ref = session.scalar(select(Case.reference).where(Case.id == match.case_id))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +18,7 @@ class Registry:
 
     queue_ids: dict[str, int]
     agent_ids: dict[str, int]
+    subject_ids: dict[str, int] = field(default_factory=dict)  # subject path -> id (maild.subjects)
 
     def queue_id(self, name: str) -> int:
         return self.queue_ids[name]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maild import subjects
 from maild.disposition import CaseSnapshot, Disposition
 from maild.models import Account, Case, Contact
 from maild.parse import ParsedMail
@@ -27,9 +28,10 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
     """The rules' verdict on a customer's message, or None when there are no rules."""
     if not rules.creation and not rules.routing:
         return None
-    case_priority = session.scalar(select(Case.priority).where(Case.id == case.id)) if case else None
+    row = session.execute(select(Case.priority, Case.subject_id).where(Case.id == case.id)).first() if case else None
     facts = facts_for(mail, queue=queue, customer=_customer(session, mail.sender_email),
-                      case_priority=case_priority)
+                      case_priority=row[0] if row else None,
+                      case_subject=subjects.path_of(session, row[1]) if row else None)
     return evaluate(rules, facts, queue)
 
 
@@ -67,6 +69,7 @@ class NewCaseFields:
     origin: str
     queue_id: int
     owner_id: int | None
+    subject_id: int | None = None
 
 
 def new_case_fields(result: RuleResult | None, mail: ParsedMail, *, queue: str, queue_id: int, prefix: str,
@@ -89,4 +92,5 @@ def new_case_fields(result: RuleResult | None, mail: ParsedMail, *, queue: str, 
         origin=s.origin or "email",
         queue_id=registry.queue_id(result.queue) if result.queue else queue_id,
         owner_id=registry.agent_ids.get(result.owner) if result.owner else None,
+        subject_id=registry.subject_ids.get(result.subject) if result.subject else None,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import case as when_then, func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from maild import subjects
 from maild.errors import NotFound
 from maild.config import Config
 from maild.models import ACTIVE, Activity, AuditEvent, Case, InboundMessage, MailboxState, OutboundMessage, Queue
@@ -113,6 +114,7 @@ def show_case(session: Session, reference: str) -> dict[str, Any]:
         "merged_into": related.get(case.merged_into_id or 0),
         "severity": case.severity,
         "origin": case.origin,
+        "subject": subjects.path_of(session, case.subject_id),
         # Why the case went where it went: the rules that matched when it was created.
         "rules": next((a.rule_hits for a in case.activities if a.rule_hits), []),
         "activities": [activity_view(a) for a in case.activities],

@@ -190,7 +190,7 @@ name = "does nothing"
     assert any(p.startswith("rules/30-bad.toml: routing[0] 'typo': when.all[0].field: unknown field 'frm'")
                for p in problems)
     assert "rules/30-bad.toml: routing[1] 'does nothing': a routing rule sets at least one of queue, owner, " \
-           "team, priority" in problems
+           "team, priority, subject" in problems
     assert any(p.startswith("rules/40-broken.toml: not valid TOML") for p in problems)
     assert "rules/50-top.toml: routes: unknown key" in problems
 

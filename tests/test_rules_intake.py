@@ -164,7 +164,7 @@ def test_rules_test_is_a_dry_run_that_explains_itself(make_env, tmp_path: Path) 
     assert out["queue"] == "support" and out["outcome"] == "create a new case"
     assert (out["creation_rule"], out["routing_rule"]) == ("urgent", "invoices to billing")
     assert out["case"] == {"title": "urgent: refund please", "queue": "billing", "owner": "Alice Agent",
-                           "priority": "high", "severity": "sev1", "origin": "email"}
+                           "priority": "high", "severity": "sev1", "origin": "email", "subject": None}
     assert out["acknowledgement"] == {"sent": True, "reason": None, "to": "jane@customer.test"}
     looked = [(r["kind"], r["rule"], r["matched"]) for r in out["rules"]]
     assert looked == [("creation", "newsletters", False), ("creation", "spam", False), ("creation", "urgent", True),
@@ -195,3 +195,89 @@ def test_sighup_with_a_bad_rule_file_keeps_the_running_rules(make_env, tmp_path:
     assert "reload refused, keeping the running templates and rules" in err.decode()
     assert "unknown queue 'nowhere'" in err.decode()
     assert [c["queue"] for c in env.json("cases", "list")] == ["billing"]
+
+
+SUBJECTS = """
+subjects = ["Billing > Invoice Dispute > Wrong Address", "Billing > Refund", "Hardware > Printer"]
+
+[[creation]]
+name = "refunds"
+when = { field = "subject", contains = "refund" }
+set = { subject = "Billing > Refund" }
+
+[[creation]]
+name = "printers"
+when = { field = "subject", contains = "printer" }
+set = { subject = "Hardware > Printer" }
+"""
+
+BRANCH_ROUTING = """
+[[routing]]
+name = "all of billing"
+when = { field = "case_subject", under = "Billing" }
+queue = "billing"
+"""
+
+
+def test_subjects_tree_and_routing_by_branch(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = rules_env(make_env, tmp_path, **{"00-subjects.toml": SUBJECTS, "20-routing.toml": BRANCH_ROUTING})
+    assert env.ok("subjects", "list").splitlines() == [
+        "Billing", "  Invoice Dispute", "    Wrong Address", "  Refund", "Hardware", "  Printer"]
+    env.inject(mail(subject="refund please"))
+    env.inject(mail(subject="printer jammed"))
+    env.ok("run", "--once")
+    cases = {c["title"]: c for c in env.json("cases", "list")}
+    assert cases["refund please"]["queue"] == "billing", "Billing > Refund is under Billing"
+    assert cases["printer jammed"]["queue"] == "support"
+    shown = env.json("cases", "show", cases["refund please"]["reference"])
+    assert shown["subject"] == "Billing > Refund"
+    assert [r["rule"] for r in shown["rules"]] == ["refunds", "all of billing"]
+    # A reply to the billing case sees its subject: rules can tell replies by the case's subject.
+    bad = BRANCH_ROUTING.replace('under = "Billing"', 'under = "Billing > Nope"')
+    (tmp_path / "rules" / "20-routing.toml").write_text(bad + '\n[[creation]]\nname = "x"\nset = { subject = "Nope" }\n')
+    problems = env.maild("rules", "check").stderr.decode()
+    assert "rules/20-routing.toml: creation[0] 'x': set.subject: unknown subject 'Nope'" in problems
+
+
+def test_under_applies_to_subjects_only() -> None:
+    import pytest
+
+    from maild.rules import conditions
+
+    with pytest.raises(conditions.ConditionError, match="'under' applies to case_subject only"):
+        conditions.parse({"field": "subject", "under": "Billing"})
+    with pytest.raises(conditions.ConditionError, match="only operator for it"):
+        conditions.parse({"field": "case_subject", "equals": "Billing"})
+
+
+def test_replay_shows_what_a_candidate_rule_set_would_change_and_writes_nothing(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = rules_env(make_env, tmp_path)
+    env.inject(mail(subject="Invoice 7", message_id="<inv7@customer.test>"))
+    env.inject(mail(subject="Re: Invoice 7", headers={"In-Reply-To": "<inv7@customer.test>"}))
+    env.inject(mail(subject="printer"))
+    env.inject(mail(subject="refund for my lottery ticket"))
+    env.ok("run", "--once")
+    current = env.json("rules", "replay")
+    assert current["changes"] == [] and current["messages"] == 4, "the running rules reproduce history"
+    assert {q["queue"]: (q["before"], q["after"]) for q in current["queues"]} == {"billing": (1, 1),
+                                                                                  "support": (1, 1)}
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "10.toml").write_text('[[routing]]\nname = "printers"\nwhen = { field = "subject", '
+                                       'contains = "printer" }\nqueue = "billing"\n')
+    before_counts = sql(env, "SELECT (SELECT count(*) FROM cases), (SELECT count(*) FROM inbound_message), "
+                             "(SELECT count(*) FROM audit_event)")
+    out = env.json("rules", "replay", "--rules", str(candidate), "--since", "1d")
+    changes = {c["subject"]: (c["before"], c["after"], c["rule"]) for c in out["changes"]}
+    assert changes == {
+        "Invoice 7": ("new case in billing", "new case in support", None),
+        "printer": ("new case in support", "new case in billing", "printers"),
+        "refund for my lottery ticket": ("quarantined", "new case in support", None),
+    }
+    assert {q["queue"]: (q["before"], q["after"]) for q in out["queues"]} == {"billing": (1, 1), "support": (1, 2)}
+    text = env.ok("rules", "replay", "--rules", str(candidate))
+    assert "3 message(s) would change" in text
+    assert sql(env, "SELECT (SELECT count(*) FROM cases), (SELECT count(*) FROM inbound_message), "
+                    "(SELECT count(*) FROM audit_event)") == before_counts, "nothing was written"
+    bad = env.cli("rules", "replay", "--since", "yesterday")
+    assert bad.exit_code == 1 and "expected a duration like 30m, 24h, 7d or 2w" in bad.output

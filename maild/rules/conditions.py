@@ -6,6 +6,7 @@ In TOML a condition is an inline table:
     { field = "from_domain", in = ["bigco.example", "bigco.test"] }
     { field = "subject", matches = "(?i)invoice|refund" }
     { field = "header:X-Priority", starts_with = "1" }
+    { field = "case_subject", under = "Billing" }      (Billing and every subject below it)
     { all = [ {...}, {...} ] }     { any = [ {...}, {...} ] }     { not = {...} }
 
 Text comparisons ignore case unless ``case_sensitive = true``; ``matches`` is a Python
@@ -22,7 +23,8 @@ from typing import Any, Union
 
 from maild.rules.facts import FIELDS, Facts, Value
 
-OPERATORS = ("equals", "contains", "starts_with", "matches", "in")
+OPERATORS = ("equals", "contains", "starts_with", "matches", "in", "under")
+SEPARATOR = " > "  # between the levels of a subject path: "Billing > Refund"
 MAX_PATTERN = 1000  # characters: long enough for real rules, short enough to review
 MAX_DEPTH = 8
 
@@ -120,6 +122,9 @@ def _field_kind(name: str, where: str) -> str:
 
 
 def _operand(kind: str, op: str, value: Any, where: str, sensitive: bool) -> Any:
+    if (kind == "path") != (op == "under"):
+        raise ConditionError(where, "'under' tests a subject path (case_subject) and is the only operator for it"
+                             if kind == "path" else "'under' applies to case_subject only")
     if kind == "flag":
         if op != "equals" or not isinstance(value, bool):
             raise ConditionError(where, "this field is true or false: use equals = true or equals = false")
@@ -175,4 +180,6 @@ def _compare(test: Test, text: str) -> bool:
         return text.startswith(test.value)
     if test.op == "in":
         return bool(text in test.value)
+    if test.op == "under":  # the branch itself, or anything below it
+        return bool(text == test.value or text.startswith(test.value + SEPARATOR.lower()))
     return bool(test.value.search(text))

@@ -43,6 +43,7 @@ class RuleResult:
     owner: str | None = None
     priority: str | None = None
     team: str | None = None
+    subject: str | None = None  # a subject path: the creation rule's, unless routing sets one
     trace: tuple[Hit, ...] = field(default=())
 
     def matched(self) -> list[dict[str, Any]]:
@@ -53,14 +54,19 @@ class RuleResult:
 def evaluate(rules: RuleSet, facts: Facts, queue: str) -> RuleResult:
     trace: list[Hit] = []
     created = _first(rules.creation, facts, queue, "creation", trace)
+    if isinstance(created, CreationRule) and created.spec.set.subject:
+        # Routing sees the subject the creation rule just gave the new case.
+        facts = facts.with_value("case_subject", created.spec.set.subject)
     routed = _first(rules.routing, facts, queue, "routing", trace)
     result = RuleResult(trace=tuple(trace))
     if isinstance(created, CreationRule):
         s = created.spec
-        result = RuleResult(s.action, s.name, s.reason or f"rule {s.name!r}", s.set, trace=tuple(trace))
+        result = RuleResult(s.action, s.name, s.reason or f"rule {s.name!r}", s.set, subject=s.set.subject,
+                            trace=tuple(trace))
     if isinstance(routed, RoutingRule):
         r = routed.spec
-        result = replace(result, routing_rule=r.name, queue=r.queue, owner=r.owner, priority=r.priority, team=r.team)
+        result = replace(result, routing_rule=r.name, queue=r.queue, owner=r.owner, priority=r.priority, team=r.team,
+                         subject=r.subject or result.subject)
     return result
 
 

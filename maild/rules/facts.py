@@ -13,7 +13,7 @@ from maild.parse import ParsedMail
 
 Value = Union[str, bool, tuple[str, ...], None]
 
-# Field name -> "text" (a string or a list of strings) or "flag" (true/false).
+# Field name -> "text" (a string or a list of strings), "flag" (true/false) or "path" (a subject).
 FIELDS: dict[str, str] = {
     "from": "text",
     "from_domain": "text",
@@ -26,7 +26,7 @@ FIELDS: dict[str, str] = {
     "customer_account": "text",
     "has_attachment": "flag",
     "case_priority": "text",
-    "case_subject": "text",
+    "case_subject": "path",
 }
 
 # Rules match against the start of a long body only: it bounds the time a regex can take.
@@ -45,6 +45,9 @@ class Customer:
 class Facts:
     values: dict[str, Value]
     headers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def with_value(self, name: str, value: Value) -> Facts:
+        return Facts({**self.values, name: value}, self.headers)
 
     def get(self, name: str) -> Value:
         if name.lower().startswith("header:"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from maild.errors import ConfigError
 from maild.rules import conditions
-from maild.rules.conditions import Condition
+from maild.rules.conditions import SEPARATOR, Condition
 
 CreationAction = Literal["create", "append_only", "ignore", "quarantine"]
 Priority = Literal["low", "normal", "high", "urgent"]
@@ -45,6 +45,7 @@ class FieldSettings(_Model):
     severity: str | None = Field(default=None, max_length=20)
     origin: Literal["email", "phone", "web", "chat"] | None = None
     title: str | None = Field(default=None, max_length=500)
+    subject: str | None = None  # a path from the subject tree: "Billing > Refund"
 
     @field_validator("title")
     @classmethod
@@ -74,9 +75,11 @@ class RoutingSpec(_Rule):
     owner: str | None = None  # an agent
     team: str | None = None  # or a team: one of its agents, by the team's assignment method
     priority: Priority | None = None
+    subject: str | None = None
 
 
 class RuleFile(_Model):
+    subjects: tuple[str, ...] = ()  # the subject tree, one path per entry
     creation: tuple[dict[str, Any], ...] = ()
     routing: tuple[dict[str, Any], ...] = ()
 
@@ -100,6 +103,7 @@ class RuleSet:
     creation: tuple[CreationRule, ...] = ()
     routing: tuple[RoutingRule, ...] = ()
     files: tuple[Path, ...] = ()
+    subjects: tuple[str, ...] = ()  # every path of the tree, parents included, in file order
 
 
 def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str], teams: Iterable[str] = ()) -> RuleSet:
@@ -109,6 +113,8 @@ def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str], teams
     problems: list[str] = []
     creation: list[CreationRule] = []
     routing: list[RoutingRule] = []
+    subjects = _subjects(files, problems)
+    known = _Known(known.queues, known.agents, known.teams, set(subjects))
     for path in files:
         c, r, errs = _load_file(path, known)
         creation += c
@@ -116,7 +122,26 @@ def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str], teams
         problems += errs
     if problems:
         raise RuleFileError(problems)
-    return RuleSet(tuple(creation), tuple(routing), tuple(files))
+    return RuleSet(tuple(creation), tuple(routing), tuple(files), tuple(subjects))
+
+
+def _subjects(files: list[Path], problems: list[str]) -> list[str]:
+    """Every subject path with its parents, in the order the files give them."""
+    found: dict[str, None] = {}
+    for path in files:
+        try:
+            listed = tomllib.loads(path.read_text(encoding="utf-8")).get("subjects", [])
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+            continue  # reported with the file's other problems
+        for i, entry in enumerate(listed if isinstance(listed, list) else []):
+            parts = [p.strip() for p in str(entry).split(">")]
+            if not all(parts) or any(len(p) > 200 for p in parts):
+                problems.append(f"{path.parent.name}/{path.name}: subjects[{i}]: {entry!r} is not a path like "
+                                "\"Billing > Refund\" (empty or over-long level)")
+                continue
+            for depth in range(1, len(parts) + 1):
+                found[SEPARATOR.join(parts[:depth])] = None
+    return list(found)
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,7 @@ class _Known:
     queues: set[str]
     agents: set[str]
     teams: set[str]
+    subjects: set[str] = field(default_factory=set)
 
 
 def _load_file(path: Path, known: _Known) -> tuple[list[CreationRule], list[RoutingRule], list[str]]:
@@ -165,6 +191,10 @@ def _rule(spec_type: type[_Rule], rule_type: type[Any], raw: dict[str, Any], sho
 def _references(spec: _Rule, known: _Known) -> list[str]:
     errors = [f"queues: unknown queue {q!r}; configured: {', '.join(sorted(known.queues))}"
               for q in spec.queues if q not in known.queues]
+    subject = spec.set.subject if isinstance(spec, CreationSpec) else getattr(spec, "subject", None)
+    if subject is not None and subject not in known.subjects:
+        key = "set.subject" if isinstance(spec, CreationSpec) else "subject"
+        errors.append(f"{key}: unknown subject {subject!r}; add it to a `subjects` list in a rule file")
     if isinstance(spec, RoutingSpec):
         if spec.queue is not None and spec.queue not in known.queues:
             errors.append(f"queue: unknown queue {spec.queue!r}; configured: {', '.join(sorted(known.queues))}")
@@ -175,8 +205,9 @@ def _references(spec: _Rule, known: _Known) -> list[str]:
             errors.append(f"team: unknown team {spec.team!r}; configured teams: {', '.join(sorted(known.teams)) or 'none'}")
         if spec.team is not None and spec.owner is not None:
             errors.append("owner: give an owner or a team, not both")
-        if spec.queue is None and spec.owner is None and spec.team is None and spec.priority is None:
-            errors.append("a routing rule sets at least one of queue, owner, team, priority")
+        if spec.queue is None and spec.owner is None and spec.team is None and spec.priority is None \
+                and spec.subject is None:
+            errors.append("a routing rule sets at least one of queue, owner, team, priority, subject")
     return errors
 
 

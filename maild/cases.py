@@ -141,7 +141,7 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
 
 
 def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, match: threader.ThreadMatch | None,
-         now: datetime, *, lock: bool = True) -> Disposition:
+         now: datetime, *, lock: bool = True, explain: bool = False) -> Disposition:
     """What a message will do, from what is stored now: the decision ``apply`` carries out,
     and what ``maild rules test`` shows without writing anything (``lock=False``)."""
     snapshot = _snapshot(session, match.case_id, lock) if match else None
@@ -161,7 +161,8 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
         return disposition
     # The safety checks above always ran first; rules can only add to them.
     queue = ctx.queue_name(queue_id)
-    disposition = rule_disposition(disposition, run_rules(session, ctx.rules, mail, queue, snapshot), queue)
+    ruled = run_rules(session, ctx.rules, mail, queue, snapshot, explain=explain)
+    disposition = rule_disposition(disposition, ruled, queue)
     if disposition.action in NEW_CASE_ACTIONS and ctx.config.queues[queue].unknown_senders == "refuse" \
             and not senders.is_known(session, mail.sender_email):
         return replace(disposition, action="refuse",

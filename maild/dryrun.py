@@ -51,7 +51,7 @@ class Explanation:
 def explain(session: Session, ctx: IntakeContext, mail: ParsedMail, queue: str, now: datetime) -> Explanation:
     queue_id = ctx.registry.queue_id(queue)
     match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix)
-    d = plan(session, ctx, mail, queue_id, match, now, lock=False)
+    d = plan(session, ctx, mail, queue_id, match, now, lock=False, explain=True)
     result = d.rules
     case = None
     if d.action in NEW_CASE_ACTIONS:

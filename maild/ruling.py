@@ -24,7 +24,7 @@ NEW_CASE_ACTIONS = ("create", "follow_up")
 
 
 def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
-              case: CaseSnapshot | None) -> RuleResult | None:
+              case: CaseSnapshot | None, *, explain: bool = False) -> RuleResult | None:
     """The rules' verdict on a customer's message, or None when there are no rules."""
     if not rules.creation and not rules.routing:
         return None
@@ -32,7 +32,7 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
     facts = facts_for(mail, queue=queue, customer=_customer(session, mail.sender_email),
                       case_priority=row[0] if row else None,
                       case_subject=subjects.path_of(session, row[1]) if row else None)
-    return evaluate(rules, facts, queue)
+    return evaluate(rules, facts, queue, explain=explain)
 
 
 def _customer(session: Session, email: str | None) -> Customer:

@@ -200,3 +200,47 @@ def test_title_placeholders_are_checked_at_load(tmp_path: Path) -> None:
     with pytest.raises(RuleFileError) as info:
         load(folder, queues=QUEUES, agents=AGENTS)
     assert info.value.problems[0].startswith("rules/10.toml: creation[0] 't': set.title: Value error, placeholders may")
+
+
+@pytest.mark.parametrize("pattern", [r"printer\s+on", r"PRINTER", r"[A-Z]{3}", r"\D+fire", r"^printer", r"fire$",
+                                     r"(?:ink|toner)\d+"])
+@pytest.mark.parametrize("subject", ["Printer on FIRE", "INK42 low", "ok"])
+def test_case_insensitive_matches_agree_with_python_ignorecase(pattern: str, subject: str) -> None:
+    import re
+
+    cond = conditions.parse({"field": "subject", "matches": pattern})
+    f = facts(mail(subject=subject))
+    expected = re.search(pattern, subject, re.IGNORECASE) is not None
+    assert conditions.holds(cond, f) is expected
+    assert conditions.check(cond, f)[0] is expected
+
+
+def test_explain_traces_every_rule_and_the_fast_path_only_the_match(tmp_path: Path) -> None:
+    folder = write(tmp_path, "10.toml", """
+[[routing]]
+name = "miss"
+when = { field = "subject", contains = "invoice" }
+queue = "billing"
+
+[[routing]]
+name = "hit"
+when = { field = "subject", contains = "printer" }
+queue = "billing"
+""")
+    rules = load(folder, queues=QUEUES, agents=AGENTS)
+    assert [h.name for h in evaluate(rules, facts(), "support").trace] == ["hit"]
+    explained = evaluate(rules, facts(), "support", explain=True)
+    assert [(h.name, h.matched) for h in explained.trace] == [("miss", False), ("hit", True)]
+
+
+def test_the_shipped_examples_load_against_the_example_config() -> None:
+    from conftest import REPO
+    from maild import config
+
+    cfg = config.load(REPO / "config.example.toml")
+    rules = load(REPO / "rules" / "examples", queues=cfg.queues, agents=[a.name for a in cfg.agents])
+    assert len(rules.creation) == 6 and len(rules.routing) == 3
+    assert "Billing > Invoice Dispute" in rules.subjects
+    assert load(REPO / "rules", queues=cfg.queues, agents=[]).files == (), "the default installs no active rules"
+    spam = evaluate(rules, facts(mail(subject="You won the lottery")), "support")
+    assert spam.action == "quarantine"

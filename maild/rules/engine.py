@@ -51,13 +51,15 @@ class RuleResult:
         return [h.as_dict() for h in self.trace if h.matched]
 
 
-def evaluate(rules: RuleSet, facts: Facts, queue: str) -> RuleResult:
+def evaluate(rules: RuleSet, facts: Facts, queue: str, *, explain: bool = False) -> RuleResult:
+    """The first matching creation and routing rules. The trace holds the matched rules,
+    and with ``explain`` every rule looked at (for ``maild rules test``)."""
     trace: list[Hit] = []
-    created = _first(rules.creation, facts, queue, "creation", trace)
+    created = _first(rules.creation, facts, queue, "creation", trace, explain)
     if isinstance(created, CreationRule) and created.spec.set.subject:
         # Routing sees the subject the creation rule just gave the new case.
         facts = facts.with_value("case_subject", created.spec.set.subject)
-    routed = _first(rules.routing, facts, queue, "routing", trace)
+    routed = _first(rules.routing, facts, queue, "routing", trace, explain)
     result = RuleResult(trace=tuple(trace))
     if isinstance(created, CreationRule):
         s = created.spec
@@ -70,10 +72,12 @@ def evaluate(rules: RuleSet, facts: Facts, queue: str) -> RuleResult:
     return result
 
 
-def _first(rules: tuple[Any, ...], facts: Facts, queue: str, kind: str, trace: list[Hit]) -> Any:
+def _first(rules: tuple[Any, ...], facts: Facts, queue: str, kind: str, trace: list[Hit], explain: bool) -> Any:
     for rule in rules:
         if rule.spec.queues and queue not in rule.spec.queues:
             continue
+        if rule.condition is not None and not explain and not conditions.holds(rule.condition, facts):
+            continue  # the fast path: a miss needs no explanation
         ok, why = (True, ["always"]) if rule.condition is None else conditions.check(rule.condition, facts)
         trace.append(Hit(kind, rule.spec.name, rule.origin, ok, tuple(why)))
         if ok:

@@ -45,15 +45,29 @@ class Customer:
 class Facts:
     values: dict[str, Value]
     headers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Lower-cased values, made once per message however many rules ask.
+    _lowered: dict[str, Value] = field(default_factory=dict, compare=False, repr=False)
 
     def with_value(self, name: str, value: Value) -> Facts:
         return Facts({**self.values, name: value}, self.headers)
 
-    def get(self, name: str) -> Value:
+    def get(self, name: str, *, lowered: bool = False) -> Value:
+        if lowered:
+            if name not in self._lowered:
+                self._lowered[name] = _lower(self.get(name))
+            return self._lowered[name]
         if name.lower().startswith("header:"):
             found = self.headers.get(name[7:].strip().lower())
             return found if found else None
         return self.values.get(name)
+
+
+def _lower(value: Value) -> Value:
+    if isinstance(value, str):
+        return value.lower()
+    if isinstance(value, tuple):
+        return tuple(v.lower() for v in value)
+    return value
 
 
 def facts_for(mail: ParsedMail, *, queue: str, customer: Customer = Customer(),

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maild import assignment, attachments, safety, senders, threader
+from maild.businesshours import BusinessCalendar
 from maild.config import Config
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
 from maild.errors import ProcessingError
@@ -58,6 +59,11 @@ class IntakeContext:
     registry: Registry
     renderer: Renderer
     rules: RuleSet = field(default_factory=RuleSet)
+    calendar: BusinessCalendar | None = None  # built once from config.business_hours when missing
+
+    def __post_init__(self) -> None:
+        if self.calendar is None:
+            object.__setattr__(self, "calendar", BusinessCalendar(self.config.business_hours))
 
     @property
     def data_dir(self) -> Path:
@@ -133,7 +139,7 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
         parent = _parent_in_line(session, mail, inbound, now)
         if parent is not None:
             return Outcome("waiting", note=f"the message it answers, {parent}, is not processed yet")
-    disposition = plan(session, ctx, mail, inbound.queue_id, match, now)
+    disposition = plan(session, ctx, mail, inbound.queue_id, match, now, received_at=inbound.received_at)
     outcome = _HANDLERS[disposition.action](session, ctx, inbound, mail, disposition, now)
     if match is not None and outcome.via is None and outcome.action != "quarantined":
         outcome = Outcome(outcome.action, outcome.reference, match.via, outcome.acknowledged, outcome.note)
@@ -141,7 +147,7 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
 
 
 def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, match: threader.ThreadMatch | None,
-         now: datetime, *, lock: bool = True, explain: bool = False) -> Disposition:
+         now: datetime, *, lock: bool = True, explain: bool = False, received_at: datetime | None = None) -> Disposition:
     """What a message will do, from what is stored now: the decision ``apply`` carries out,
     and what ``maild rules test`` shows without writing anything (``lock=False``)."""
     snapshot = _snapshot(session, match.case_id, lock) if match else None
@@ -161,7 +167,9 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
         return disposition
     # The safety checks above always ran first; rules can only add to them.
     queue = ctx.queue_name(queue_id)
-    ruled = run_rules(session, ctx.rules, mail, queue, snapshot, explain=explain)
+    assert ctx.calendar is not None
+    ruled = run_rules(session, ctx.rules, mail, queue, snapshot, received_at=received_at or now, calendar=ctx.calendar,
+                      explain=explain)
     disposition = rule_disposition(disposition, ruled, queue)
     if disposition.action in NEW_CASE_ACTIONS and ctx.config.queues[queue].unknown_senders == "refuse" \
             and not senders.is_known(session, mail.sender_email):

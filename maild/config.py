@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -221,6 +224,48 @@ class AgentConfig(_Model):
     emails: tuple[Email, ...] = Field(min_length=1)
 
 
+class BusinessHoursConfig(_Model):
+    """When the support team works: rules can test it, SLA clocks count only this time."""
+
+    timezone: str = "UTC"
+    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = ("mon", "tue", "wed", "thu", "fri")
+    start: str = "09:00"
+    end: str = "17:00"
+    # Public holidays by ISO country code (and region), from the `holidays` package.
+    holidays: str | None = None
+    holiday_region: str | None = None
+    extra_holidays: tuple[date, ...] = ()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name like \"Europe/Berlin\"") from None
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d|24:00", value):
+            raise ValueError(f"expected a time like \"09:00\", got {value!r}")
+        return "23:59:59.999999" if value == "24:00" else value
+
+    @model_validator(mode="after")
+    def _order(self) -> BusinessHoursConfig:
+        if self.start >= self.end:
+            raise ValueError(f"start ({self.start}) must be before end ({self.end})")
+        if self.holidays is not None:
+            import holidays
+
+            try:
+                holidays.country_holidays(self.holidays, subdiv=self.holiday_region)
+            except NotImplementedError as exc:
+                raise ValueError(f"holidays: {exc}") from None
+        return self
+
+
 class TeamConfig(_Model):
     """Agents who share a routing target; a new case goes to one of them."""
 
@@ -248,6 +293,7 @@ class Config(_Model):
     queues: dict[str, QueueConfig] = Field(min_length=1)
     agents: tuple[AgentConfig, ...] = ()
     teams: tuple[TeamConfig, ...] = ()
+    business_hours: BusinessHoursConfig = BusinessHoursConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -114,7 +114,7 @@ def _after(session: Session, ctx: IntakeContext, row: InboundMessage, now: datet
     except ParseError as exc:
         return f"quarantined (cannot parse: {exc})", None, None, ""
     match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix)
-    d = plan(session, ctx, mail, row.queue_id, match, now, lock=False)
+    d = plan(session, ctx, mail, row.queue_id, match, now, lock=False, received_at=row.received_at)
     rule = (d.rules.routing_rule or d.rules.creation_rule) if d.rules else None
     if d.action in NEW_CASE_ACTIONS:
         queue = ctx.queue_name(row.queue_id)

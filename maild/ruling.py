@@ -8,11 +8,13 @@ writing stays in cases.apply.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maild import subjects
+from maild.businesshours import BusinessCalendar
 from maild.disposition import CaseSnapshot, Disposition
 from maild.models import Account, Case, Contact
 from maild.parse import ParsedMail
@@ -24,14 +26,16 @@ NEW_CASE_ACTIONS = ("create", "follow_up")
 
 
 def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
-              case: CaseSnapshot | None, *, explain: bool = False) -> RuleResult | None:
+              case: CaseSnapshot | None, *, received_at: datetime, calendar: BusinessCalendar,
+              explain: bool = False) -> RuleResult | None:
     """The rules' verdict on a customer's message, or None when there are no rules."""
     if not rules.creation and not rules.routing:
         return None
     row = session.execute(select(Case.priority, Case.subject_id).where(Case.id == case.id)).first() if case else None
     facts = facts_for(mail, queue=queue, customer=_customer(session, mail.sender_email),
                       case_priority=row[0] if row else None,
-                      case_subject=subjects.path_of(session, row[1]) if row else None)
+                      case_subject=subjects.path_of(session, row[1]) if row else None,
+                      business_hours=calendar.is_open(received_at))
     return evaluate(rules, facts, queue, explain=explain)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -281,3 +282,17 @@ def test_replay_shows_what_a_candidate_rule_set_would_change_and_writes_nothing(
                     "(SELECT count(*) FROM audit_event)") == before_counts, "nothing was written"
     bad = env.cli("rules", "replay", "--since", "yesterday")
     assert bad.exit_code == 1 and "expected a duration like 30m, 24h, 7d or 2w" in bad.output
+
+
+def test_business_hours_condition_uses_the_arrival_time(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rules = '[[routing]]\nname = "after hours"\nwhen = { field = "business_hours", equals = false }\npriority = "low"\n'
+    env = rules_env(make_env, tmp_path, **{"10.toml": rules})
+    # Closed every day but Sunday, so any weekday arrival is "after hours" whenever the test runs.
+    env.config.write_text(env.config.read_text() + '\n[business_hours]\ndays = ["sun"]\n')
+    if datetime.now(timezone.utc).weekday() == 6:
+        env.config.write_text(env.config.read_text().replace('days = ["sun"]', 'days = ["sat"]'))
+    env.inject(mail(subject="at night"))
+    env.ok("run", "--once")
+    [case] = env.json("cases", "list")
+    assert case["priority"] == "low"
+    assert env.json("cases", "show", case["reference"])["rules"][0]["conditions"] == ["✓ business_hours equals False"]

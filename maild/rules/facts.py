@@ -25,6 +25,7 @@ FIELDS: dict[str, str] = {
     "customer_tier": "text",
     "customer_account": "text",
     "has_attachment": "flag",
+    "business_hours": "flag",  # arrived within [business_hours] (time zone, days, holidays)
     "case_priority": "text",
     "case_subject": "path",
 }
@@ -71,7 +72,8 @@ def _lower(value: Value) -> Value:
 
 
 def facts_for(mail: ParsedMail, *, queue: str, customer: Customer = Customer(),
-              case_priority: str | None = None, case_subject: str | None = None) -> Facts:
+              case_priority: str | None = None, case_subject: str | None = None,
+              business_hours: bool | None = None) -> Facts:
     """The facts of one message arriving in ``queue``."""
     return Facts(
         values={
@@ -87,6 +89,7 @@ def facts_for(mail: ParsedMail, *, queue: str, customer: Customer = Customer(),
             "has_attachment": any(not a.inline for a in mail.attachments),
             "case_priority": case_priority,
             "case_subject": case_subject,
+            "business_hours": business_hours,
         },
         headers={k.lower(): tuple(v) for k, v in mail.headers.items()},
     )

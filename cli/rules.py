@@ -61,7 +61,10 @@ def test(state: State, message: Any, queue: str | None, as_json: bool) -> None:
 
 def _print(r: dict[str, Any]) -> None:
     click.echo(f"queue:        {r['queue']}")
-    click.echo(f"customer:     {r['customer'] or '(no sender)'}")
+    c = r["customer"]
+    known = (f"{c['account']} ({c['tier'] or 'no tier'})" if c["account"] else "known, no account") \
+        if c["known"] else "not in the customer records"
+    click.echo(f"customer:     {c['email'] or '(no sender)'}: {known}")
     if r["thread"]:
         click.echo(f"thread:       {r['thread']['case']} (via {r['thread']['via']} {r['thread']['key']})")
     click.echo(f"outcome:      {r['outcome']}" + (f" ({r['reason']})" if r["reason"] else ""))

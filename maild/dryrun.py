@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import threader
+from maild import senders, threader
 from maild.cases import IntakeContext, StoreLookup, customer_address, plan
 from maild.models import Case
 from maild.parse import ParsedMail
-from maild.ruling import NEW_CASE_ACTIONS, new_case_fields
+from maild.ruling import NEW_CASE_ACTIONS, customer_record, new_case_fields
 
 # What each disposition means to the admin reading the dry run.
 OUTCOMES = {
@@ -41,7 +41,7 @@ class Explanation:
     routing_rule: str | None
     rules: list[dict[str, Any]]
     case: dict[str, Any] | None  # the new case's fields, when one would be created
-    customer: str | None
+    customer: dict[str, Any]
     acknowledgement: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,8 +75,14 @@ def explain(session: Session, ctx: IntakeContext, mail: ParsedMail, queue: str, 
         creation_rule=result.creation_rule if result else None,
         routing_rule=result.routing_rule if result else None,
         rules=[h.as_dict() for h in result.trace] if result else [],
-        case=case, customer=mail.sender_email, acknowledgement=ack,
+        case=case, customer=_customer(session, mail.sender_email), acknowledgement=ack,
     )
+
+
+def _customer(session: Session, email: str | None) -> dict[str, Any]:
+    record = customer_record(session, email)
+    return {"email": email, "known": senders.is_known(session, email), "account": record.account,
+            "tier": record.tier}
 
 
 def _no_ack(action: str, reason: str | None) -> str:

@@ -39,6 +39,11 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
     return evaluate(rules, facts, queue, explain=explain)
 
 
+def customer_record(session: Session, email: str | None) -> Customer:
+    """The sender's account and tier from the customer records."""
+    return _customer(session, email)
+
+
 def _customer(session: Session, email: str | None) -> Customer:
     if not email:
         return Customer()

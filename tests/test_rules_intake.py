@@ -139,6 +139,11 @@ def test_customer_tier_from_the_customer_records(make_env, tmp_path: Path) -> No
         conn.execute(sa.text("INSERT INTO contact (email, name, account_id, created_at) "
                              "VALUES ('boss@acme.test', 'Boss', :a, CURRENT_TIMESTAMP)"), {"a": account})
     engine.dispose()
+    eml = tmp_path / "boss.eml"
+    eml.write_bytes(mail(subject="Help", sender="boss@acme.test", to="billing@example.test"))
+    assert env.json("rules", "test", str(eml))["customer"] == {"email": "boss@acme.test", "known": True,
+                                                               "account": "Acme", "tier": "gold"}
+    assert "customer:     boss@acme.test: Acme (gold)" in env.ok("rules", "test", str(eml))
     env.inject(mail(subject="Help", sender="boss@acme.test", to="billing@example.test"))
     env.ok("run", "--once")
     [case] = env.json("cases", "list")
@@ -167,6 +172,7 @@ def test_rules_test_is_a_dry_run_that_explains_itself(make_env, tmp_path: Path) 
     assert out["case"] == {"title": "urgent: refund please", "queue": "billing", "owner": "Alice Agent",
                            "priority": "high", "severity": "sev1", "origin": "email", "subject": None}
     assert out["acknowledgement"] == {"sent": True, "reason": None, "to": "jane@customer.test"}
+    assert out["customer"] == {"email": "jane@customer.test", "known": False, "account": None, "tier": None}
     looked = [(r["kind"], r["rule"], r["matched"]) for r in out["rules"]]
     assert looked == [("creation", "newsletters", False), ("creation", "spam", False), ("creation", "urgent", True),
                       ("routing", "invoices to billing", True)]

@@ -216,7 +216,8 @@ def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage,
         return None
     return session.scalar(
         select(InboundMessage.message_id)
-        .where(InboundMessage.message_id.in_(candidates), InboundMessage.state == RECEIVED,
+        .where(InboundMessage.queue_id == inbound.queue_id,  # uses the (queue, Message-ID) index
+               InboundMessage.message_id.in_(candidates), InboundMessage.state == RECEIVED,
                InboundMessage.id < inbound.id)
         .limit(1)
     )

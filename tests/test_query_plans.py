@@ -1,0 +1,61 @@
+"""Every lookup intake makes per message uses an index, so its cost does not grow with the
+number of messages and cases already stored (checked on SQLite's query plans, not timed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import Env, mail
+from maild import config as config_mod
+from maild import inbound
+from maild.app import App
+from maild.clock import utcnow
+from maild.processing import IntakeRunner
+
+# Tables that hold configuration, not traffic: a scan of them costs the same forever.
+SMALL = {"queue", "agent", "counter", "subject", "alembic_version"}
+
+
+def _grows(detail: str) -> bool:
+    """A full scan of a traffic table, or an index search narrowed only by the queue
+    (every message of a queue: as bad as a scan)."""
+    words = detail.split()
+    if len(words) < 2 or words[1] in SMALL:
+        return False
+    return words[0] == "SCAN" or detail.endswith("(queue_id=?)")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_no_per_message_query_scans_a_growing_table(make_env) -> None:  # type: ignore[no-untyped-def]
+    env: Env = make_env(ack_limit=100)
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")) and not executemany:
+            statements.append((statement, parameters))
+
+    sa.event.listen(app.engine, "before_cursor_execute", capture)
+    try:
+        qid = app.registry.queue_id("support")
+        for raw in (mail(message_id="<a@c.test>"), mail(subject="Re: x", headers={"In-Reply-To": "<a@c.test>"}),
+                    mail(subject="[CAS-00001-AAAAAA] about that")):
+            inbound.add(app.factory, [qid], raw, source="inject", now=utcnow())
+        # IMAP stores carry a source key (folder/UIDVALIDITY/UID): the third identity.
+        inbound.add(app.factory, [qid], mail(subject="by imap"), source="imap", source_key="INBOX/7/1", now=utcnow())
+        IntakeRunner(app.factory, app.intake_context).run_once()
+    finally:
+        sa.event.remove(app.engine, "before_cursor_execute", capture)
+    scans = set()
+    with app.engine.connect() as conn:
+        for statement, params in statements:
+            for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params):
+                if _grows(row[-1]):
+                    scans.add(f"{row[-1]}  <-  {' '.join(statement.split())[:160]}")
+    app.close()
+    assert len(statements) > 20, "the capture saw intake's queries"
+    assert not scans, "queries that scan a growing table:\n" + "\n".join(sorted(scans))

@@ -228,7 +228,8 @@ class BusinessHoursConfig(_Model):
     """When the support team works: rules can test it, SLA clocks count only this time."""
 
     timezone: str = "UTC"
-    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = ("mon", "tue", "wed", "thu", "fri")
+    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = Field(
+        default=("mon", "tue", "wed", "thu", "fri"), min_length=1)
     start: str = "09:00"
     end: str = "17:00"
     # Public holidays by ISO country code (and region), from the `holidays` package.

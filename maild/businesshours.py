@@ -45,7 +45,8 @@ class BusinessCalendar:
     def is_open(self, moment: datetime) -> bool:
         """Whether ``moment`` (timezone-aware) falls within business hours."""
         local = moment.astimezone(self.zone)
-        return (local.weekday() in self.days and self.start <= local.time() < self.end
+        before_close = self._to_midnight or local.time() < self.end
+        return (local.weekday() in self.days and self.start <= local.time() and before_close
                 and not self.is_holiday(local.date()))
 
     def opening(self, day: date) -> tuple[datetime, datetime] | None:

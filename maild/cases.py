@@ -262,7 +262,10 @@ def audit(session: Session, case_id: int | None, actor: str, action: str, now: d
 
 def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
             d: Disposition, now: datetime) -> Outcome:
-    contact = _contact_for(session, mail, now, ctx.config.queues[ctx.queue_name(inbound.queue_id)].unknown_senders)
+    policy = ctx.config.queues[ctx.queue_name(inbound.queue_id)].unknown_senders
+    if d.rules is not None and d.rules.fields.account_from_domain:
+        policy = "create_with_account"
+    contact = _contact_for(session, mail, now, policy)
     case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, d)
     activity = _incoming_activity(session, ctx, case, inbound, mail, now)
     hits = d.rules.matched() if d.rules else []

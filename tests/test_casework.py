@@ -137,3 +137,16 @@ def test_create_with_account_files_contacts_under_their_company(make_env) -> Non
     engine.dispose()
     assert [tuple(r) for r in rows] == [("a@bigco.test", "bigco.test"), ("b@bigco.test", "bigco.test"),
                                         ("someone@gmail.com", None)]
+
+
+def test_a_creation_rule_can_ask_for_an_account_from_the_domain(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "10.toml").write_text('[[creation]]\nname = "partners"\nwhen = { field = "from_domain", '
+                                    'equals = "partner.test" }\nset = { account_from_domain = true }\n')
+    env: Env = make_env(rules=folder.as_posix(), ack_limit=100)
+    env.inject(mail(sender="p@partner.test"))
+    env.inject(mail(sender="x@other.test"))
+    env.ok("run", "--once")
+    assert env.json("customers", "show", "p@partner.test")["account"] == "partner.test"
+    assert env.json("customers", "show", "x@other.test")["account"] is None

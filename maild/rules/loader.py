@@ -46,6 +46,8 @@ class FieldSettings(_Model):
     origin: Literal["email", "phone", "web", "chat"] | None = None
     title: str | None = Field(default=None, max_length=500)
     subject: str | None = None  # a path from the subject tree: "Billing > Refund"
+    # A sender new to the customer records also gets an account for their company domain.
+    account_from_domain: bool = False
 
     @field_validator("title")
     @classmethod

@@ -103,3 +103,20 @@ def assign(state: State, reference: str, agent: str | None, queue: str | None) -
     app = state.app
     click.echo(casework.assign(app.factory, app.registry, reference, agent=agent, queue=queue, actor=_actor(),
                                now=app.clock()))
+
+
+@command.command("resolve")
+@click.argument("reference")
+@click.option("--type", "resolution_type", required=True, help="A Resolved status reason, e.g. \"Problem Solved\".")
+@click.option("--narrative", required=True, help="How the case was resolved.")
+@click.option("--time-spent", help="Time spent, e.g. 1h30m, 45m or 90 (minutes).")
+@pass_state
+def resolve(state: State, reference: str, resolution_type: str, narrative: str, time_spent: str | None) -> None:
+    """Resolve a case with a resolution type and narrative."""
+    from maild import casework
+
+    app = state.app
+    minutes = casework.parse_time_spent(time_spent) if time_spent else None
+    click.echo(casework.resolve(app.factory, app.config.cases.status_reasons.all(), reference,
+                                resolution_type=resolution_type, narrative=narrative, minutes=minutes,
+                                actor=_actor(), now=app.clock()))

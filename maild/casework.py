@@ -1,10 +1,11 @@
-"""An admin's or agent's changes to a case from the command line: pick, assign, move.
+"""An admin's or agent's changes to a case from the command line: pick, assign, move, resolve.
 
 Each change is one transaction with its audit event, like every write to a case.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from sqlalchemy import select
@@ -13,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.cases import audit
 from maild.db import transaction
 from maild.errors import MaildError, NotFound
-from maild.models import ACTIVE, Case
+from maild.models import ACTIVE, RESOLVED, Case
+from maild.statuses import status_of
 from maild.registry import Registry
 
 
@@ -59,6 +61,42 @@ def assign(factory: sessionmaker[Session], registry: Registry, reference: str, *
         after = {"owner": agent, "queue": case.queue.name}
         audit(session, case.id, actor, "assigned", now, before=before, after=after)
         return f"{case.reference}: queue {after['queue']}, owner {agent or '(none: the queue picks it up)'}"
+
+
+_SPENT = re.compile(r"^(?:(\d+)h)?\s*(?:(\d+)m)?$")
+
+
+def parse_time_spent(text: str) -> int:
+    """``1h30m``, ``2h``, ``45m`` or plain minutes (``90``) -> minutes."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return int(text)
+    m = _SPENT.match(text)
+    if not text or not m or not any(m.groups()):
+        raise MaildError(f"--time-spent: expected a duration like 1h30m, 2h, 45m or 90, got {text!r}")
+    return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+
+
+def resolve(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...]], reference: str, *,
+            resolution_type: str, narrative: str, minutes: int | None, actor: str, now: datetime) -> str:
+    """Resolve an active case with a resolution type (a Resolved status reason) and narrative."""
+    if status_of(resolution_type, reasons) != RESOLVED:
+        raise MaildError(f"--type: {resolution_type!r} is not a Resolved status reason; "
+                         f"choose from {', '.join(reasons[RESOLVED])}")
+    reason = next(r for r in reasons[RESOLVED] if r.lower() == resolution_type.lower())
+    if not narrative.strip():
+        raise MaildError("--narrative: say how the case was resolved")
+    with transaction(factory) as session:
+        case = _case(session, reference)
+        if case.status != ACTIVE:
+            raise NotAllowed(f"case {case.reference} is already {case.status} ({case.status_reason})")
+        before = case.status_reason
+        case.status, case.status_reason, case.resolution_type = RESOLVED, reason, reason
+        case.resolution, case.time_spent_minutes = narrative.strip(), minutes
+        case.resolved_at = case.updated_at = now
+        audit(session, case.id, actor, "resolved", now, previous_reason=before, resolution_type=reason,
+              time_spent_minutes=minutes)
+        return f"{case.reference} resolved: {reason}"
 
 
 def _case(session: Session, reference: str) -> Case:

@@ -150,3 +150,29 @@ def test_a_creation_rule_can_ask_for_an_account_from_the_domain(make_env, tmp_pa
     env.ok("run", "--once")
     assert env.json("customers", "show", "p@partner.test")["account"] == "partner.test"
     assert env.json("customers", "show", "x@other.test")["account"] is None
+
+
+def test_resolve_records_the_resolution_and_a_reply_reopens(make_env) -> None:  # type: ignore[no-untyped-def]
+    env: Env = make_env(ack_limit=100)
+    env.inject(mail(subject="broken"))
+    env.ok("run", "--once")
+    [case] = env.json("cases", "list")
+    ref = case["reference"]
+    bad = env.cli("cases", "resolve", ref, "--type", "On Hold", "--narrative", "x")
+    assert bad.exit_code == 1 and "is not a Resolved status reason; choose from Problem Solved" in bad.output
+    bad = env.cli("cases", "resolve", ref, "--type", "problem solved", "--narrative", "x", "--time-spent", "1x")
+    assert bad.exit_code == 1 and "expected a duration like 1h30m" in bad.output
+    out = env.ok("cases", "resolve", ref, "--type", "problem solved", "--narrative", "Replaced the fuser.",
+                 "--time-spent", "1h30m")
+    assert f"{ref} resolved: Problem Solved" in out
+    shown = env.json("cases", "show", ref)
+    assert (shown["status"], shown["status_reason"], shown["resolution_type"]) == ("Resolved", "Problem Solved",
+                                                                                  "Problem Solved")
+    assert shown["resolution"] == "Replaced the fuser." and shown["resolved_at"]
+    event = next(e for e in shown["audit"] if e["action"] == "resolved")
+    assert event["details"]["time_spent_minutes"] == 90
+    again = env.cli("cases", "resolve", ref, "--type", "Problem Solved", "--narrative", "x")
+    assert again.exit_code == 1 and "already Resolved" in again.output
+    env.inject(mail(subject=f"Re: [{ref}] broken", body="It is broken again.\n"))
+    env.ok("run", "--once")
+    assert env.json("cases", "show", ref)["status"] == "Active", "a reply within the window reopens"

@@ -109,6 +109,7 @@ def show_case(session: Session, reference: str) -> dict[str, Any]:
         "resolved_at": _iso(case.resolved_at),
         "resolution_type": case.resolution_type,
         "resolution": case.resolution,
+        "time_spent_minutes": case.time_spent_minutes,
         "parent": related.get(case.parent_id or 0),
         "previous_case": related.get(case.previous_case_id or 0),
         "merged_into": related.get(case.merged_into_id or 0),

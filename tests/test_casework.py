@@ -168,7 +168,7 @@ def test_resolve_records_the_resolution_and_a_reply_reopens(make_env) -> None:  
     shown = env.json("cases", "show", ref)
     assert (shown["status"], shown["status_reason"], shown["resolution_type"]) == ("Resolved", "Problem Solved",
                                                                                   "Problem Solved")
-    assert shown["resolution"] == "Replaced the fuser." and shown["resolved_at"]
+    assert shown["resolution"] == "Replaced the fuser." and shown["resolved_at"] and shown["time_spent_minutes"] == 90
     event = next(e for e in shown["audit"] if e["action"] == "resolved")
     assert event["details"]["time_spent_minutes"] == 90
     again = env.cli("cases", "resolve", ref, "--type", "Problem Solved", "--narrative", "x")

@@ -120,3 +120,15 @@ def resolve(state: State, reference: str, resolution_type: str, narrative: str, 
     click.echo(casework.resolve(app.factory, app.config.cases.status_reasons.all(), reference,
                                 resolution_type=resolution_type, narrative=narrative, minutes=minutes,
                                 actor=_actor(), now=app.clock()))
+
+
+@command.command("cancel")
+@click.argument("reference")
+@click.option("--reason", required=True, help="Why; kept in the audit trail.")
+@pass_state
+def cancel(state: State, reference: str, reason: str) -> None:
+    """Cancel a case; what it drew from an entitlement is given back."""
+    from maild import casework
+
+    app = state.app
+    click.echo(casework.cancel(app.factory, reference, reason=reason, actor=_actor(), now=app.clock()))

@@ -54,9 +54,11 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 
 def _register() -> None:
-    from maild.cli import cases, customers, db, inbound, inject, mailboxes, outbox, queues, rules, run, subjects
+    from maild.cli import (cases, customers, db, entitlements, inbound, inject, mailboxes, outbox, queues, rules,
+                           run, subjects)
 
-    for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers, subjects):
+    for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers, subjects,
+                   entitlements):
         cli.add_command(module.command)
 
 

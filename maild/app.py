@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from maild.rules import RuleSet
     from maild.templates import Renderer
 
-REQUIRED_TEMPLATES = ["acknowledgement"]
+REQUIRED_TEMPLATES = ["acknowledgement", "entitlement_refused", "entitlement_exhausted"]
 
 
 class App:

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import assignment, attachments, safety, senders, threader
+from maild import assignment, attachments, entitlements, safety, senders, threader
 from maild.businesshours import BusinessCalendar
 from maild.config import Config
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
@@ -39,13 +39,16 @@ from maild.models import (
     OutboundMessage,
     Queue,
 )
-from maild.outbox import ACKNOWLEDGEMENT, REFUSAL, REPLY, Draft, FileAttachment, compose, new_message_id, outbox_row
+from maild.outbox import ACKNOWLEDGEMENT, NOTICE, REFUSAL, REPLY, Draft, FileAttachment, compose, new_message_id, outbox_row
 from maild.parse import ParsedMail
 from maild.refkeys import clean_title, make_reference, tag_subject
 from maild.registry import Registry
 from maild.ruling import NEW_CASE_ACTIONS, new_case_fields, rule_disposition, run_rules
 from maild.rules import RuleSet
 from maild.templates import Renderer
+
+# Templates for exhausted entitlements: the customer's refusal, and the notice to config's list.
+EXHAUSTED_TEMPLATE, EXHAUSTED_NOTICE = "entitlement_refused", "entitlement_exhausted"
 
 # How long a reply may wait for the message it answers to be processed first.
 PARENT_WAIT_LIMIT = timedelta(minutes=10)
@@ -175,7 +178,20 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
             and not senders.is_known(session, mail.sender_email):
         return replace(disposition, action="refuse",
                        reason=f"unknown sender: queue {queue} takes new cases only from known customers")
+    if disposition.action in NEW_CASE_ACTIONS:
+        charge = _entitlement(session, mail, now)
+        if charge.refuse and charge.entitlement is not None:
+            return replace(disposition, action="refuse", template=EXHAUSTED_TEMPLATE,
+                           reason=f"entitlement {charge.entitlement.name!r} is exhausted and refuses new cases")
     return disposition
+
+
+def _entitlement(session: Session, mail: ParsedMail, now: datetime) -> entitlements.Charge:
+    row = session.execute(select(Contact.id, Contact.account_id).where(Contact.email == mail.sender_email)).first() \
+        if mail.sender_email else None
+    if row is None:
+        return entitlements.Charge(None, False)
+    return entitlements.check(session, row[0], row[1], "email", now.date())
 
 
 def customer_address(mail: ParsedMail) -> str | None:
@@ -268,6 +284,10 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     contact = _contact_for(session, mail, now, policy)
     case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, d)
     activity = _incoming_activity(session, ctx, case, inbound, mail, now)
+    charge = entitlements.check(session, contact.id, contact.account_id, "email", now.date())
+    entitlements.attach(session, case, charge, now, f"customer:{contact.email}")
+    if case.entitlement_flag:
+        _notify_exhausted(session, ctx, case, now)
     hits = d.rules.matched() if d.rules else []
     activity.rule_hits = hits or None
     actor = f"customer:{contact.email}"
@@ -342,7 +362,8 @@ def _refuse(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     answered = d.acknowledge and to_addr is not None
     if answered:
         senders.refusal(session, ctx.renderer, inbound.queue, mail, to_addr or "",
-                        message_id_domain=ctx.config.outgoing.message_id_domain, now=now)
+                        message_id_domain=ctx.config.outgoing.message_id_domain, now=now,
+                        template=d.template or senders.REFUSAL_TEMPLATE)
     _finish(inbound, "refused", None, now)
     inbound.error = d.reason if answered else f"{d.reason}; not answered: {d.no_ack_reason}"
     return Outcome("refused", note=inbound.error)
@@ -438,6 +459,21 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
     session.add(case)
     session.flush()
     return case
+
+
+def _notify_exhausted(session: Session, ctx: IntakeContext, case: Case, now: datetime) -> None:
+    """Tell the configured people that a case was opened on an exhausted entitlement."""
+    queue: Queue = case.queue
+    for address in ctx.config.entitlements.notify:
+        rendered = ctx.renderer.render(EXHAUSTED_NOTICE, {"case": case, "contact": case.contact, "queue": queue,
+                                                          "now": now, "flag": case.entitlement_flag})
+        draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=address,
+                      subject=tag_subject(rendered.subject or f"Entitlement exhausted: {case.title}", case.reference),
+                      text=rendered.text, html=rendered.html, reply_to=queue.address, auto_submitted=True)
+        domain = ctx.config.outgoing.message_id_domain or queue.address.rpartition("@")[2]
+        message_id = new_message_id(domain)
+        session.add(outbox_row(draft, compose(draft, message_id, now).as_bytes(), message_id=message_id, now=now,
+                               case_id=case.id, activity=None))
 
 
 def _team_owner(session: Session, ctx: IntakeContext, d: Disposition) -> int | None:

@@ -11,10 +11,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from maild import entitlements
 from maild.cases import audit
 from maild.db import transaction
 from maild.errors import MaildError, NotFound
-from maild.models import ACTIVE, RESOLVED, Case
+from maild.models import ACTIVE, CANCELLED, RESOLVED, Case
 from maild.statuses import status_of
 from maild.registry import Registry
 
@@ -96,7 +97,21 @@ def resolve(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...]],
         case.resolved_at = case.updated_at = now
         audit(session, case.id, actor, "resolved", now, previous_reason=before, resolution_type=reason,
               time_spent_minutes=minutes)
+        entitlements.on_resolve(session, case, now, actor)
         return f"{case.reference} resolved: {reason}"
+
+
+def cancel(factory: sessionmaker[Session], reference: str, *, reason: str, actor: str, now: datetime) -> str:
+    """Cancel an active case; whatever it drew from an entitlement is given back."""
+    with transaction(factory) as session:
+        case = _case(session, reference)
+        if case.status != ACTIVE:
+            raise NotAllowed(f"case {case.reference} is {case.status}; only active cases can be cancelled")
+        before = case.status_reason
+        case.status, case.status_reason, case.updated_at = CANCELLED, "Cancelled", now
+        audit(session, case.id, actor, "cancelled", now, previous_reason=before, reason=reason)
+        entitlements.on_cancel(session, case, now, actor)
+        return f"{case.reference} cancelled"
 
 
 def _case(session: Session, reference: str) -> Case:

@@ -175,6 +175,12 @@ class AcknowledgementConfig(_Model):
     template: str = "acknowledgement"
 
 
+class EntitlementsConfig(_Model):
+    # Who is told when a case is created on an exhausted entitlement (policy "flag"):
+    # addresses outside maild's queues, e.g. the account manager; empty: flag and log only.
+    notify: tuple[Email, ...] = ()
+
+
 class ImapConfig(Secret):
     """A mailbox this queue reads over IMAP (one per queue)."""
 
@@ -291,6 +297,7 @@ class Config(_Model):
     outgoing: OutgoingConfig = OutgoingConfig()
     cases: CasesConfig = CasesConfig()
     acknowledgements: AcknowledgementConfig = AcknowledgementConfig()
+    entitlements: EntitlementsConfig = EntitlementsConfig()
     queues: dict[str, QueueConfig] = Field(min_length=1)
     agents: tuple[AgentConfig, ...] = ()
     teams: tuple[TeamConfig, ...] = ()

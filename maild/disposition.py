@@ -41,6 +41,7 @@ class Disposition:
     no_ack_reason: str | None = None
     reason: str | None = None  # why a message is quarantined or ignored
     rules: RuleResult | None = None  # what the record-creation and routing rules said
+    template: str | None = None  # for "refuse": the answer sent to the sender
 
 
 def decide(

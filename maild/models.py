@@ -9,12 +9,13 @@ re-attaches the zone on the way out.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -156,11 +157,42 @@ class Case(Base):
     # A reply after the reopen window opens a new case that points back at the old one.
     previous_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    # The support contract the case draws on, how much it has taken from it (cases: 1,
+    # hours: minutes) so a cancellation can give exactly that back, and why it is flagged.
+    entitlement_id: Mapped[int | None] = mapped_column(ForeignKey("entitlement.id"), index=True)
+    entitlement_charged: Mapped[int] = mapped_column(default=0, server_default="0")
+    entitlement_flag: Mapped[str | None] = mapped_column(String(200))
 
     contact: Mapped[Contact | None] = relationship()
     queue: Mapped[Queue] = relationship()
     owner: Mapped[Agent | None] = relationship()
     activities: Mapped[list[Activity]] = relationship(back_populates="case", order_by="Activity.id")
+
+
+class Entitlement(Base):
+    """A support contract: so many cases, or hours, for an account or one contact, over a term."""
+
+    __tablename__ = "entitlement"
+    __table_args__ = (Index("ix_entitlement_account", "account_id", "end_date"),
+                      Index("ix_entitlement_contact", "contact_id", "end_date"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("account.id"))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contact.id"))
+    start_date: Mapped[date] = mapped_column(Date)
+    end_date: Mapped[date] = mapped_column(Date)
+    allocation: Mapped[str] = mapped_column(String(10))  # cases | hours
+    # In cases, or in minutes for hours.
+    total: Mapped[int]
+    remaining: Mapped[int]
+    channels: Mapped[list[str]] = mapped_column(JSON)
+    sla: Mapped[str | None] = mapped_column(String(100))
+    decrement_on: Mapped[str] = mapped_column(String(20), default="creation")  # creation | resolution
+    on_exhausted: Mapped[str] = mapped_column(String(20), default="flag")  # flag | refuse
+    created_at: Mapped[datetime]
+
+    account: Mapped[Account | None] = relationship()
+    contact: Mapped[Contact | None] = relationship()
 
 
 class Activity(Base):

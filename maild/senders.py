@@ -46,9 +46,9 @@ def account_for_domain(session: Session, domain: str | None, now: datetime) -> A
 
 
 def refusal(session: Session, renderer: Renderer, queue: Queue, mail: ParsedMail, to_addr: str, *,
-            message_id_domain: str | None, now: datetime) -> OutboundMessage:
-    """Queue the templated answer to an unknown sender (no case: the row stands alone)."""
-    rendered = renderer.render(REFUSAL_TEMPLATE, {"queue": queue, "mail": mail, "now": now})
+            message_id_domain: str | None, now: datetime, template: str = REFUSAL_TEMPLATE) -> OutboundMessage:
+    """Queue the templated answer to a refused sender (no case: the row stands alone)."""
+    rendered = renderer.render(template, {"queue": queue, "mail": mail, "now": now})
     draft = Draft(
         kind=REFUSAL, from_name=queue.display_name, from_addr=queue.address,
         to_name=mail.sender.name if mail.sender else "", to_addr=to_addr,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from maild import views
-from maild.cli.state import State, pass_state, print_json, print_table
+from maild.cli.state import State, actor, pass_state, print_json, print_table
 from maild.db import transaction
 from maild.statuses import ACTIVE, CANCELLED, RESOLVED, status_of
 
@@ -73,11 +73,6 @@ def show(state: State, reference: str, as_json: bool) -> None:
         click.echo((act["text"] or "").rstrip())
 
 
-def _actor() -> str:
-    import getpass
-
-    return f"cli:{getpass.getuser()}"
-
 
 @command.command("pick")
 @click.argument("reference")
@@ -88,7 +83,7 @@ def pick(state: State, reference: str, agent: str) -> None:
     from maild import casework
 
     app = state.app
-    click.echo(casework.pick(app.factory, app.registry, reference, agent, actor=_actor(), now=app.clock()))
+    click.echo(casework.pick(app.factory, app.registry, reference, agent, actor=actor(), now=app.clock()))
 
 
 @command.command("assign")
@@ -101,7 +96,7 @@ def assign(state: State, reference: str, agent: str | None, queue: str | None) -
     from maild import casework
 
     app = state.app
-    click.echo(casework.assign(app.factory, app.registry, reference, agent=agent, queue=queue, actor=_actor(),
+    click.echo(casework.assign(app.factory, app.registry, reference, agent=agent, queue=queue, actor=actor(),
                                now=app.clock()))
 
 
@@ -119,7 +114,7 @@ def resolve(state: State, reference: str, resolution_type: str, narrative: str, 
     minutes = casework.parse_time_spent(time_spent) if time_spent else None
     click.echo(casework.resolve(app.factory, app.config.cases.status_reasons.all(), reference,
                                 resolution_type=resolution_type, narrative=narrative, minutes=minutes,
-                                actor=_actor(), now=app.clock()))
+                                actor=actor(), now=app.clock()))
 
 
 @command.command("cancel")
@@ -131,4 +126,4 @@ def cancel(state: State, reference: str, reason: str) -> None:
     from maild import casework
 
     app = state.app
-    click.echo(casework.cancel(app.factory, reference, reason=reason, actor=_actor(), now=app.clock()))
+    click.echo(casework.cancel(app.factory, reference, reason=reason, actor=actor(), now=app.clock()))

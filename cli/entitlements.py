@@ -6,14 +6,9 @@ from datetime import date
 
 import click
 
-from maild.cli.state import State, pass_state, print_json, print_table
+from maild.cli.state import State, actor, pass_state, print_json, print_table
 from maild.db import transaction
 
-
-def _actor() -> str:
-    import getpass
-
-    return f"cli:{getpass.getuser()}"
 
 
 @click.group("entitlements")
@@ -50,7 +45,7 @@ def add(state: State, name: str, account: str | None, contact: str | None, cases
         channels=tuple(c.strip() for c in channels.split(",") if c.strip()), sla=sla, decrement_on=decrement_on,
         on_exhausted=on_exhausted)
     app = state.app
-    new_id = entitlements.add(app.factory, spec, actor=_actor(), now=app.clock())
+    new_id = entitlements.add(app.factory, spec, actor=actor(), now=app.clock())
     click.echo(f"entitlement {new_id} added: {name}")
 
 
@@ -103,5 +98,5 @@ def adjust(state: State, entitlement_id: int, remaining: int | None, add_units: 
 
     app = state.app
     view = entitlements.adjust(app.factory, entitlement_id, remaining=remaining, add_units=add_units, reason=reason,
-                               actor=_actor(), now=app.clock())
+                               actor=actor(), now=app.clock())
     click.echo(f"entitlement {view['id']}: {view['remaining']} of {view['total']} {view['unit']} remaining")

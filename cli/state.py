@@ -37,6 +37,13 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
+def actor() -> str:
+    """Who made a change from the command line, for the audit trail."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
 def console() -> Console:
     from rich.console import Console
 

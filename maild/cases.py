@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -423,7 +423,15 @@ def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str 
 
 
 def next_number(session: Session, name: str = "case") -> int:
-    """The next value of a named counter; the row lock serialises concurrent writers."""
+    """The next value of a named counter; the row lock serialises concurrent writers.
+
+    Case numbers on PostgreSQL come from a sequence instead: a counter row stays locked
+    until the whole batch commits, which serialises every worker's case creation and lets
+    two workers deadlock on it. A sequence hands out numbers without a lock; a rolled-back
+    batch leaves a gap, which is harmless (references also carry a random suffix).
+    """
+    if name == "case" and session.get_bind().dialect.name == "postgresql":
+        return int(session.execute(text("SELECT nextval('case_number_seq')")).scalar_one())
     value = session.execute(
         update(Counter).where(Counter.name == name).values(value=Counter.value + 1).returning(Counter.value)
     ).scalar_one_or_none()

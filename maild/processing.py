@@ -13,13 +13,13 @@ import logging
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import inbound
 from maild.cases import IntakeContext, Outcome, apply
 from maild.clock import Clock, utcnow
-from maild.db import transaction
+from maild.db import is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
 from maild.liveness import worker_id
 from maild.models import QUARANTINED, InboundMessage
@@ -103,6 +103,13 @@ class IntakeRunner(Runner):
             return outcome
         except TemporaryFailure:
             raise
+        except OperationalError as exc:
+            # A deadlock or serialization failure between workers (PostgreSQL) clears when
+            # the batch is tried again; it says nothing about the message.
+            if is_temporary(exc):
+                raise TemporaryFailure(f"database conflict: {str(exc.orig).strip().splitlines()[0]}") from exc
+            log.exception("inbound %d: database error", item.id)
+            return self._quarantine(session, item, f"database error: {exc.orig}")
         except MaildError as exc:
             return self._quarantine(session, item, str(exc))
         except IntegrityError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Config
@@ -26,7 +27,18 @@ class Registry:
 
 def sync(factory: sessionmaker[Session], config: Config) -> Registry:
     """Insert or update every configured queue and agent; nothing is ever deleted,
-    because old cases still refer to queues and agents that left the config."""
+    because old cases still refer to queues and agents that left the config.
+
+    Two workers starting at once on a fresh database may both insert the same queue; the
+    loser of that race simply reads what the winner wrote.
+    """
+    try:
+        return _sync(factory, config)
+    except IntegrityError:
+        return _sync(factory, config)
+
+
+def _sync(factory: sessionmaker[Session], config: Config) -> Registry:
     with transaction(factory) as session:
         queues = {q.name: q for q in session.scalars(select(Queue))}
         for name, qc in config.queues.items():

@@ -7,6 +7,7 @@ Like queues and agents, subjects are never deleted: old cases still point at the
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.db import transaction
@@ -15,7 +16,17 @@ from maild.rules.conditions import SEPARATOR
 
 
 def sync(factory: sessionmaker[Session], paths: tuple[str, ...]) -> dict[str, int]:
-    """Create the nodes of ``paths`` that are missing; return path -> id for every stored node."""
+    """Create the nodes of ``paths`` that are missing; return path -> id for every stored node.
+
+    A worker starting at the same moment may create the same node: then read what it wrote.
+    """
+    try:
+        return _sync(factory, paths)
+    except IntegrityError:
+        return _sync(factory, paths)
+
+
+def _sync(factory: sessionmaker[Session], paths: tuple[str, ...]) -> dict[str, int]:
     with transaction(factory) as session:
         ids = all_paths(session)
         for path in paths:  # parents come before their children in RuleSet.subjects

@@ -506,8 +506,11 @@ def _redact(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
-def create_install(opts: Options, stack: ExitStack, deadline: Deadline) -> Install:
-    """Temp dir, config, database and schema; everything is undone when ``stack`` closes."""
+def create_install(opts: Options, stack: ExitStack, deadline: Deadline, extra: str = "") -> Install:
+    """Temp dir, config, database and schema; everything is undone when ``stack`` closes.
+
+    ``extra`` is TOML appended to the config (bench/imap.py adds a ``[queues.support.imap]``).
+    """
     path = Path(tempfile.mkdtemp(prefix="maild-bench-"))
     if opts.keep:
         print(f"keeping the installation in {path}")
@@ -522,7 +525,7 @@ def create_install(opts: Options, stack: ExitStack, deadline: Deadline) -> Insta
     config.write_text(CONFIG.format(
         db_url=db_url, templates=(REPO / "templates").as_posix(), rules=(REPO / "rules").as_posix(),
         smtp_enabled="true" if opts.mode == "smtp" else "false", port=port, ack_limit=opts.messages + 1,
-    ))
+    ) + extra)
     install = Install(path, config, db_url, database, port, opts.maild)
     _check(run_command(install.command("db", "upgrade"), deadline), "maild db upgrade")
     return install

@@ -115,3 +115,18 @@ def test_untrusted_certificate_fails_the_check(make_env, mailbox: Mailbox) -> No
     env: Env = make_env(extra=mailbox.toml(security="ssl", port=mailbox.server.tls_port))
     check = env.maild("mailboxes", "check")
     assert check.returncode == 1 and b"CERTIFICATE_VERIFY_FAILED" in check.stdout
+
+
+def test_oauth2_token_command_prints_the_access_token() -> None:
+    import pytest
+
+    from maild.errors import ConfigError
+    from maild.intake.imap import oauth2_token
+
+    assert oauth2_token("printf 'ya29.token-123\\nignored\\n'") == "ya29.token-123"
+    with pytest.raises(ConfigError, match="token_command exited 3 without a token: expired"):
+        oauth2_token("sh -c 'echo expired >&2; exit 3'")
+    with pytest.raises(ConfigError, match="exited 0 without a token"):
+        oauth2_token("true")
+    with pytest.raises(ConfigError, match="token_command failed"):
+        oauth2_token("/nonexistent/oauth-helper")

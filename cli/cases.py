@@ -127,3 +127,19 @@ def cancel(state: State, reference: str, reason: str) -> None:
 
     app = state.app
     click.echo(casework.cancel(app.factory, reference, reason=reason, actor=actor(), now=app.clock()))
+
+
+@command.command("set-status")
+@click.argument("reference")
+@click.option("--reason", required=True, help="An Active status reason, e.g. \"On Hold\".")
+@pass_state
+def set_status(state: State, reference: str, reason: str) -> None:
+    """Change an active case's status reason; SLA clocks pause or resume as their SLA says."""
+    from maild import casework
+
+    app = state.app
+    app.prepare()
+    ctx = app.intake_context()
+    assert ctx.calendar is not None
+    click.echo(casework.set_reason(app.factory, app.config.cases.status_reasons.all(), reference, reason,
+                                   rules=ctx.rules, calendar=ctx.calendar, actor=actor(), now=app.clock()))

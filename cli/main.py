@@ -55,10 +55,10 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 def _register() -> None:
     from maild.cli import (cases, customers, db, entitlements, inbound, inject, mailboxes, outbox, queues, rules,
-                           run, subjects)
+                           run, sla, subjects)
 
     for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers, subjects,
-                   entitlements):
+                   entitlements, sla):
         cli.add_command(module.command)
 
 

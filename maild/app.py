@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from maild.rules import RuleSet
     from maild.templates import Renderer
 
-REQUIRED_TEMPLATES = ["acknowledgement", "entitlement_refused", "entitlement_exhausted"]
+REQUIRED_TEMPLATES = ["acknowledgement", "entitlement_refused", "entitlement_exhausted", "sla_warning", "sla_failure"]
 
 
 class App:
@@ -131,7 +131,7 @@ def load_rules(config: Config) -> RuleSet:
     from maild import rules
 
     return rules.load(config.paths.rules, queues=config.queues, agents=[a.name for a in config.agents],
-                      teams=[t.name for t in config.teams])
+                      teams=[t.name for t in config.teams], statuses=config.cases.status_reasons.all()["Active"])
 
 
 def load_app(path: str | Path, clock: Clock = utcnow) -> App:

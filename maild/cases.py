@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import assignment, attachments, entitlements, safety, senders, threader
+from maild import assignment, attachments, entitlements, safety, senders, sla, threader
 from maild.businesshours import BusinessCalendar
 from maild.config import Config
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
@@ -43,7 +43,7 @@ from maild.outbox import ACKNOWLEDGEMENT, NOTICE, REFUSAL, REPLY, Draft, FileAtt
 from maild.parse import ParsedMail
 from maild.refkeys import clean_title, make_reference, tag_subject
 from maild.registry import Registry
-from maild.ruling import NEW_CASE_ACTIONS, new_case_fields, rule_disposition, run_rules
+from maild.ruling import NEW_CASE_ACTIONS, case_facts, new_case_fields, rule_disposition, run_rules
 from maild.rules import RuleSet
 from maild.templates import Renderer
 
@@ -288,6 +288,7 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     entitlements.attach(session, case, charge, now, f"customer:{contact.email}")
     if case.entitlement_flag:
         _notify_exhausted(session, ctx, case, now)
+    _start_sla(session, ctx, case, mail, charge, now)
     hits = d.rules.matched() if d.rules else []
     activity.rule_hits = hits or None
     actor = f"customer:{contact.email}"
@@ -319,6 +320,8 @@ def _append(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
         case.status_reason = "In Progress"
         audit(session, case.id, actor, "status_changed", now, previous_reason="Waiting for Details",
               status_reason="In Progress")
+        assert ctx.calendar is not None
+        sla.status_changed(session, case.id, "In Progress", ctx.rules, ctx.calendar, now)
     audit(session, case.id, actor, "email_received", now, inbound_id=inbound.id, message_id=mail.message_id)
     action = "reopened" if d.action == "reopen" else "threaded"
     _finish(inbound, action, case.id, now)
@@ -345,6 +348,7 @@ def _relay(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: 
     activity = _outgoing_activity(session, ctx, case, draft, now, agent_id=agent_id, inbound=inbound, mail=mail)
     if case.first_response_at is None:
         case.first_response_at = now
+    sla.met(session, case.id, "first_response", now)  # the first agent reply that goes to the customer
     audit(session, case.id, f"agent:{agent.name}", "agent_reply", now, message_id=activity.message_id,
           inbound_id=inbound.id)
     _finish(inbound, "relayed", case.id, now)
@@ -467,6 +471,18 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
     session.add(case)
     session.flush()
     return case
+
+
+def _start_sla(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail, charge: entitlements.Charge,
+               now: datetime) -> None:
+    if not ctx.rules.slas:
+        return
+    assert ctx.calendar is not None
+    queue = ctx.queue_name(case.queue_id)
+    facts = case_facts(session, mail, queue, case.priority, case.subject_id, ctx.calendar.is_open(now))
+    chosen = sla.choose(ctx.rules, facts, queue, charge.entitlement.sla if charge.entitlement else None)
+    if chosen is not None:
+        sla.start(session, case, chosen, ctx.calendar, now)
 
 
 def _notify_exhausted(session: Session, ctx: IntakeContext, case: Case, now: datetime) -> None:

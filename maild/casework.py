@@ -11,13 +11,15 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild import entitlements
+from maild import entitlements, sla
+from maild.businesshours import BusinessCalendar
 from maild.cases import audit
 from maild.db import transaction
 from maild.errors import MaildError, NotFound
 from maild.models import ACTIVE, CANCELLED, RESOLVED, Case
 from maild.statuses import status_of
 from maild.registry import Registry
+from maild.rules import RuleSet
 
 
 class NotAllowed(MaildError):
@@ -98,6 +100,8 @@ def resolve(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...]],
         audit(session, case.id, actor, "resolved", now, previous_reason=before, resolution_type=reason,
               time_spent_minutes=minutes)
         entitlements.on_resolve(session, case, now, actor)
+        sla.met(session, case.id, "resolve_by", now)
+        sla.cancel(session, case.id, now, "resolved before a first response")
         return f"{case.reference} resolved: {reason}"
 
 
@@ -111,7 +115,26 @@ def cancel(factory: sessionmaker[Session], reference: str, *, reason: str, actor
         case.status, case.status_reason, case.updated_at = CANCELLED, "Cancelled", now
         audit(session, case.id, actor, "cancelled", now, previous_reason=before, reason=reason)
         entitlements.on_cancel(session, case, now, actor)
+        sla.cancel(session, case.id, now, "case cancelled")
         return f"{case.reference} cancelled"
+
+
+def set_reason(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...]], reference: str, reason: str, *,
+               rules: RuleSet, calendar: BusinessCalendar, actor: str, now: datetime) -> str:
+    """Change an active case's status reason (On Hold, Waiting for Details, ...); SLA clocks
+    pause or resume as their SLA says."""
+    name = next((r for r in reasons[ACTIVE] if r.lower() == reason.strip().lower()), None)
+    if name is None:
+        raise MaildError(f"--reason: {reason!r} is not an Active status reason; choose from "
+                         f"{', '.join(reasons[ACTIVE])} (resolve or cancel with their own commands)")
+    with transaction(factory) as session:
+        case = _case(session, reference)
+        if case.status != ACTIVE:
+            raise NotAllowed(f"case {case.reference} is {case.status}")
+        before, case.status_reason, case.updated_at = case.status_reason, name, now
+        audit(session, case.id, actor, "status_changed", now, previous_reason=before, status_reason=name)
+        sla.status_changed(session, case.id, name, rules, calendar, now)
+        return f"{case.reference}: {before} -> {name}"
 
 
 def _case(session: Session, reference: str) -> Case:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from types import FrameType
+from typing import Any
 
 from maild import config as config_mod
-from maild import rules
-from maild.app import App, required_templates
+from maild import escalation
+from maild.app import App, load_rules, required_templates
 from maild.cases import IntakeContext
 from maild.dispatch import DispatchRunner
 from maild.errors import ConfigError
@@ -26,6 +27,7 @@ from maild.intake.smtp import IntakeController, IntakeHandler
 from maild.liveness import Presence, ReaperRunner, presence_for, reap, worker_id
 from maild.processing import IntakeRunner
 from maild.runner import Runner
+from maild.sla import SlaRunner
 from maild.templates import Renderer
 from maild.transport import Transport, from_config
 
@@ -45,13 +47,17 @@ class Daemon:
                                    worker=me)
         self.pollers = make_pollers(app, on_stored=self.intake.poke, worker=me)
         self.reaper = ReaperRunner(app.factory, self.presence, clock=app.clock)
-        self.runners: list[Runner] = [self.intake, self.dispatch, *self.pollers, self.reaper]
+        self.sla = SlaRunner(app.factory, lambda: self._context().rules, self._act, clock=app.clock)
+        self.runners: list[Runner] = [self.intake, self.dispatch, *self.pollers, self.reaper, self.sla]
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
         self.stopped = threading.Event()
 
     def _context(self) -> IntakeContext:
         return self._context_value
+
+    def _act(self, *args: Any) -> str:
+        return escalation.act(self._context())(*args)  # the running templates, even after SIGHUP
 
     def start(self) -> None:
         cfg = self.app.config
@@ -95,8 +101,7 @@ class Daemon:
             fresh = config_mod.load(running.source)
             renderer = Renderer(fresh.paths.templates)
             renderer.check(required_templates(running))
-            ruleset = rules.load(fresh.paths.rules, queues=running.queues, agents=[a.name for a in running.agents],
-                                 teams=[t.name for t in running.teams])
+            ruleset = load_rules(running.model_copy(update={"paths": fresh.paths}))
         except ConfigError as exc:
             log.error("reload refused, keeping the running templates and rules: %s", exc)
             return
@@ -164,6 +169,9 @@ def _drain(app: App, transport: Transport, presence: Presence) -> tuple[int, int
     processed = sent = 0
     while (n := intake.run_once()) > 0:
         processed += n
+    sweeper = SlaRunner(app.factory, lambda: ctx.rules, escalation.act(ctx), clock=app.clock)
+    while sweeper.run_once() > 0:
+        pass
     while (n := dispatch.run_once()) > 0:
         sent += n
     return processed, sent

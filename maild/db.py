@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Checked at start-up without importing alembic (it costs a tenth of
 # a second on every `maild inject`); tests/test_migrations.py keeps it equal to alembic's head.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def make_engine(url: str, echo: bool = False, busy_timeout: float = 30.0) -> Engine:

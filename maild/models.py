@@ -195,6 +195,42 @@ class Entitlement(Base):
     contact: Mapped[Contact | None] = relationship()
 
 
+# KPI states, as Dynamics 365 names them.
+KPI_IN_PROGRESS, KPI_NEARING, KPI_SUCCEEDED = "In Progress", "Nearing Noncompliance", "Succeeded"
+KPI_NONCOMPLIANT, KPI_PAUSED, KPI_CANCELLED = "Noncompliant", "Paused", "Cancelled"
+
+
+class SlaKpi(Base):
+    """One KPI clock of one case: its business-time targets and where it stands.
+
+    ``due_at`` is the next instant the sweeper must act (warning, then failure); it is
+    NULL when nothing is left to fire or the clock is paused, so the sweeper's indexed
+    query only ever sees clocks that are due.
+    """
+
+    __tablename__ = "sla_kpi"
+    __table_args__ = (Index("ix_sla_kpi_due", "due_at"), UniqueConstraint("case_id", "kpi"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    sla: Mapped[str] = mapped_column(String(200))
+    kpi: Mapped[str] = mapped_column(String(30))  # first_response | resolve_by
+    state: Mapped[str] = mapped_column(String(30))
+    warn_after_s: Mapped[int]
+    fail_after_s: Mapped[int]
+    started_at: Mapped[datetime]
+    # Business seconds used up before the running segment, and when that segment began.
+    consumed_s: Mapped[int] = mapped_column(default=0)
+    segment_start: Mapped[datetime | None]
+    warn_at: Mapped[datetime | None]
+    fail_at: Mapped[datetime | None]
+    due_at: Mapped[datetime | None]
+    warned_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    # Paused intervals and fired actions, for `maild sla explain`.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
 class Activity(Base):
     __tablename__ = "activity"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -20,7 +20,7 @@ from maild.models import Account, Case, Contact
 from maild.parse import ParsedMail
 from maild.refkeys import clean_title
 from maild.registry import Registry
-from maild.rules import Customer, RuleResult, RuleSet, evaluate, facts_for, header_priority
+from maild.rules import Customer, Facts, RuleResult, RuleSet, evaluate, facts_for, header_priority
 
 NEW_CASE_ACTIONS = ("create", "follow_up")
 
@@ -37,6 +37,13 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
                       case_subject=subjects.path_of(session, row[1]) if row else None,
                       business_hours=calendar.is_open(received_at))
     return evaluate(rules, facts, queue, explain=explain)
+
+
+def case_facts(session: Session, mail: ParsedMail, queue: str, priority: str, subject_id: int | None,
+               business_hours: bool) -> Facts:
+    """The facts of a message and the case it just opened (for choosing the case's SLA)."""
+    return facts_for(mail, queue=queue, customer=_customer(session, mail.sender_email), case_priority=priority,
+                     case_subject=subjects.path_of(session, subject_id), business_hours=business_hours)
 
 
 def customer_record(session: Session, email: str | None) -> Customer:

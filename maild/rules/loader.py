@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from maild.errors import ConfigError
 from maild.rules import conditions
 from maild.rules.conditions import SEPARATOR, Condition
+from maild.rules.loader_base import Model, RuleBase
+from maild.rules.slaspec import SlaRule, SlaSpec
 
 CreationAction = Literal["create", "append_only", "ignore", "quarantine"]
 Priority = Literal["low", "normal", "high", "urgent"]
@@ -34,8 +36,7 @@ class RuleFileError(ConfigError):
         self.problems = problems
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Model = Model
 
 
 class FieldSettings(_Model):
@@ -60,10 +61,7 @@ class FieldSettings(_Model):
         return value
 
 
-class _Rule(_Model):
-    name: str = Field(min_length=1, max_length=200)
-    when: Any = None  # validated by conditions.parse, which names the exact key
-    queues: tuple[str, ...] = ()  # empty: every queue
+_Rule = RuleBase
 
 
 class CreationSpec(_Rule):
@@ -84,6 +82,7 @@ class RuleFile(_Model):
     subjects: tuple[str, ...] = ()  # the subject tree, one path per entry
     creation: tuple[dict[str, Any], ...] = ()
     routing: tuple[dict[str, Any], ...] = ()
+    sla: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,25 +105,29 @@ class RuleSet:
     routing: tuple[RoutingRule, ...] = ()
     files: tuple[Path, ...] = ()
     subjects: tuple[str, ...] = ()  # every path of the tree, parents included, in file order
+    slas: tuple[SlaRule, ...] = ()  # the first that applies to a new case is its SLA
 
 
-def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str], teams: Iterable[str] = ()) -> RuleSet:
+def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str], teams: Iterable[str] = (),
+         statuses: Iterable[str] = ()) -> RuleSet:
     """Every ``*.toml`` in ``directory`` (a missing folder means no rules); raises RuleFileError."""
     files = sorted(directory.glob("*.toml")) if directory.is_dir() else []
     known = _Known(set(queues), set(agents), set(teams))
     problems: list[str] = []
     creation: list[CreationRule] = []
     routing: list[RoutingRule] = []
+    slas: list[SlaRule] = []
     subjects = _subjects(files, problems)
-    known = _Known(known.queues, known.agents, known.teams, set(subjects))
+    known = _Known(known.queues, known.agents, known.teams, set(subjects), set(statuses))
     for path in files:
-        c, r, errs = _load_file(path, known)
+        c, r, s, errs = _load_file(path, known)
         creation += c
         routing += r
+        slas += s
         problems += errs
     if problems:
         raise RuleFileError(problems)
-    return RuleSet(tuple(creation), tuple(routing), tuple(files), tuple(subjects))
+    return RuleSet(tuple(creation), tuple(routing), tuple(files), tuple(subjects), tuple(slas))
 
 
 def _subjects(files: list[Path], problems: list[str]) -> list[str]:
@@ -152,24 +155,27 @@ class _Known:
     agents: set[str]
     teams: set[str]
     subjects: set[str] = field(default_factory=set)
+    reasons: set[str] = field(default_factory=set)  # Active status reasons an SLA may pause on
 
 
-def _load_file(path: Path, known: _Known) -> tuple[list[CreationRule], list[RoutingRule], list[str]]:
+def _load_file(path: Path, known: _Known) -> tuple[list[CreationRule], list[RoutingRule], list[SlaRule], list[str]]:
     shown = f"{path.parent.name}/{path.name}"
     try:
         data = RuleFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except tomllib.TOMLDecodeError as exc:
-        return [], [], [f"{shown}: not valid TOML: {exc}"]
+        return [], [], [], [f"{shown}: not valid TOML: {exc}"]
     except ValidationError as exc:
-        return [], [], [f"{shown}: {_loc(e['loc'])}: {_msg(e)}" for e in exc.errors()]
+        return [], [], [], [f"{shown}: {_loc(e['loc'])}: {_msg(e)}" for e in exc.errors()]
     except (OSError, UnicodeDecodeError) as exc:
-        return [], [], [f"{shown}: cannot read: {exc}"]
+        return [], [], [], [f"{shown}: cannot read: {exc}"]
     problems: list[str] = []
     creation = [r for i, raw in enumerate(data.creation)
                 if (r := _rule(CreationSpec, CreationRule, raw, f"{shown}", f"creation[{i}]", known, problems))]
     routing = [r for i, raw in enumerate(data.routing)
                if (r := _rule(RoutingSpec, RoutingRule, raw, f"{shown}", f"routing[{i}]", known, problems))]
-    return creation, routing, problems
+    slas = [r for i, raw in enumerate(data.sla)
+            if (r := _rule(SlaSpec, SlaRule, raw, f"{shown}", f"sla[{i}]", known, problems))]
+    return creation, routing, slas, problems
 
 
 def _rule(spec_type: type[_Rule], rule_type: type[Any], raw: dict[str, Any], shown: str, index: str, known: _Known,
@@ -197,6 +203,12 @@ def _references(spec: _Rule, known: _Known) -> list[str]:
     if subject is not None and subject not in known.subjects:
         key = "set.subject" if isinstance(spec, CreationSpec) else "subject"
         errors.append(f"{key}: unknown subject {subject!r}; add it to a `subjects` list in a rule file")
+    if isinstance(spec, SlaSpec):
+        errors += [f"pause_on: {r!r} is not an Active status reason; known: {', '.join(sorted(known.reasons))}"
+                   for r in spec.pause_on if known.reasons and r not in known.reasons]
+        errors += [f"{key}: unknown queue {a.move_to_queue!r}" for key, actions in
+                   (("on_warning", spec.on_warning), ("on_failure", spec.on_failure))
+                   for a in actions if a.move_to_queue is not None and a.move_to_queue not in known.queues]
     if isinstance(spec, RoutingSpec):
         if spec.queue is not None and spec.queue not in known.queues:
             errors.append(f"queue: unknown queue {spec.queue!r}; configured: {', '.join(sorted(known.queues))}")

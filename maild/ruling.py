@@ -40,10 +40,11 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
 
 
 def case_facts(session: Session, mail: ParsedMail, queue: str, priority: str, subject_id: int | None,
-               business_hours: bool) -> Facts:
+               business_hours: bool, entitlement: str | None = None) -> Facts:
     """The facts of a message and the case it just opened (for choosing the case's SLA)."""
     return facts_for(mail, queue=queue, customer=_customer(session, mail.sender_email), case_priority=priority,
-                     case_subject=subjects.path_of(session, subject_id), business_hours=business_hours)
+                     case_subject=subjects.path_of(session, subject_id), business_hours=business_hours,
+                     entitlement=entitlement)
 
 
 def customer_record(session: Session, email: str | None) -> Customer:

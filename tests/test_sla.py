@@ -178,3 +178,77 @@ def test_bad_sla_definitions_name_the_key(make_env, tmp_path: Path) -> None:  # 
     problems = env.maild("rules", "check").stderr.decode()
     assert "sla[0] 'x': pause_on: 'Sleeping' is not an Active status reason" in problems
     assert "sla[0] 'x': on_failure: unknown queue 'nowhere'" in problems
+
+
+def test_friday_evening_is_due_monday_and_a_holiday_shifts_it(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "10.toml").write_text('[[sla]]\nname = "std"\nfirst_response = { warn_after = "10m", '
+                                    'fail_after = "15m" }\n')
+    hours = '\n[business_hours]\ntimezone = "Europe/Berlin"\nholidays = "DE"\nholiday_region = "BY"\n'
+    env: Env = make_env(rules=folder.as_posix(), ack_limit=100, extra=hours)
+    friday_evening = datetime(2026, 11, 27, 17, 30, tzinfo=timezone.utc)  # 18:30 in Berlin
+    before_christmas = datetime(2026, 12, 23, 15, 55, tzinfo=timezone.utc)  # Wed 16:55 in Berlin
+    for when, subject in ((friday_evening, "friday"), (before_christmas, "christmas")):
+        env.inject(mail(subject=subject))
+        app = app_at(env, when)
+        run_once(app, MemoryTransport())
+        app.close()
+    due = {c["title"]: next(k["fail_at"] for k in env.json("sla", "explain", c["reference"])["kpis"])
+           for c in env.json("cases", "list")}
+    assert due["friday"] == "2026-11-30T08:15:00+00:00", "Monday 09:15 in Berlin"
+    # 5 minutes on Wednesday; Thu 24 Dec is open, so the rest falls on Thursday morning.
+    assert due["christmas"] == "2026-12-24T08:10:00+00:00"
+    env.config.write_text(env.config.read_text() + 'extra_holidays = ["2026-12-24"]\n')
+    env.inject(mail(subject="christmas again"))
+    app = app_at(env, before_christmas)
+    run_once(app, MemoryTransport())
+    app.close()
+    ref = next(c["reference"] for c in env.json("cases", "list") if c["title"] == "christmas again")
+    kpi = env.json("sla", "explain", ref)["kpis"][0]
+    # Dec 24 (company day off), 25 and 26 (public holidays) and Sunday are closed: Monday the 28th.
+    assert kpi["fail_at"] == "2026-12-28T08:10:00+00:00"
+    assert "Europe/Berlin" in env.json("sla", "explain", ref)["calendar"]
+
+
+def test_an_entitlement_names_the_sla_its_cases_get(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "10.toml").write_text(
+        '[[sla]]\nname = "standard"\nresolve_by = { warn_after = "20h", fail_after = "24h" }\n\n'
+        '[[sla]]\nname = "premium"\nwhen = { field = "entitlement", equals = "never matches by itself" }\n'
+        'first_response = { warn_after = "30m", fail_after = "1h" }\n')
+    env: Env = make_env(rules=folder.as_posix(), ack_limit=100, extra=ROUND_THE_CLOCK)
+    csv = tmp_path / "c.csv"
+    csv.write_text("email,name,account,tier\njane@customer.test,Jane,Contoso,gold\n")
+    env.ok("customers", "import", str(csv))
+    env.ok("entitlements", "add", "--name", "Premium", "--account", "Contoso", "--cases", "5", "--start",
+           "2026-01-01", "--end", "2027-12-31", "--sla", "premium")
+    env.inject(mail(subject="premium customer"))
+    env.inject(mail(subject="anyone else", sender="x@other.test"))
+    app = app_at(env, T0)
+    run_once(app, MemoryTransport())
+    app.close()
+    slas = {c["title"]: {k["sla"] for k in env.json("sla", "explain", c["reference"])["kpis"]}
+            for c in env.json("cases", "list")}
+    assert slas == {"premium customer": {"premium"}, "anyone else": {"standard"}}
+
+
+def test_two_sweepers_at_once_fire_each_action_once(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    env = sla_env(make_env, tmp_path)
+    for i in range(30):
+        env.inject(mail(subject=f"case {i}"))
+    app = app_at(env, T0)
+    run_once(app, MemoryTransport())
+    app.close()
+    fired: list[int] = []
+    later = T0 + timedelta(minutes=11)
+    threads = [threading.Thread(target=lambda: fired.append(sweep(env, later))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(fired) == 30, f"each of the 30 warnings fired once between the two sweepers: {fired}"
+    assert sweep(env, later) == 0

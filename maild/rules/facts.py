@@ -25,7 +25,8 @@ FIELDS: dict[str, str] = {
     "customer_tier": "text",
     "customer_account": "text",
     "has_attachment": "flag",
-    "business_hours": "flag",  # arrived within [business_hours] (time zone, days, holidays)
+    "business_hours": "flag",
+    "entitlement": "text",  # the name of the entitlement a new case draws on (for SLAs)  # arrived within [business_hours] (time zone, days, holidays)
     "case_priority": "text",
     "case_subject": "path",
 }
@@ -73,7 +74,7 @@ def _lower(value: Value) -> Value:
 
 def facts_for(mail: ParsedMail, *, queue: str, customer: Customer = Customer(),
               case_priority: str | None = None, case_subject: str | None = None,
-              business_hours: bool | None = None) -> Facts:
+              business_hours: bool | None = None, entitlement: str | None = None) -> Facts:
     """The facts of one message arriving in ``queue``."""
     return Facts(
         values={
@@ -90,6 +91,7 @@ def facts_for(mail: ParsedMail, *, queue: str, customer: Customer = Customer(),
             "case_priority": case_priority,
             "case_subject": case_subject,
             "business_hours": business_hours,
+            "entitlement": entitlement,
         },
         headers={k.lower(): tuple(v) for k, v in mail.headers.items()},
     )

@@ -222,6 +222,9 @@ class QueueConfig(_Model):
     # Senders not yet in the customer records: "create" a contact, "create_with_account"
     # (also an account for the sender's domain), or "refuse" (no case; templated answer).
     unknown_senders: Literal["create", "create_with_account", "refuse"] = "create"
+    # Who an SLA action `notify = "queue"` reaches: the people watching this queue (never the
+    # queue's own address, which would come back in as a new message).
+    notify: tuple[Email, ...] = ()
     imap: ImapConfig | None = None
 
 

@@ -53,10 +53,20 @@ def _move(session: Session, ctx: IntakeContext, case: Case, queue: str, row: Sla
 
 def _notify(session: Session, ctx: IntakeContext, case: Case, row: SlaKpi, action: ActionSpec, stage: str,
             now: datetime) -> str:
+    queue: Queue = case.queue
+    if action.notify == "queue":
+        watchers = ctx.config.queues[queue.name].notify if queue.name in ctx.config.queues else ()
+        if not watchers:
+            return f"notify queue: queue {queue.name} has no notify addresses"
+        return "; ".join(_send(session, ctx, case, queue, row, action, stage, a, now) for a in watchers)
     to_addr = (case.owner.email if case.owner else None) if action.notify == "owner" else action.notify
     if not to_addr:
         return "notify owner: the case has no owner"
-    queue: Queue = case.queue
+    return _send(session, ctx, case, queue, row, action, stage, to_addr, now)
+
+
+def _send(session: Session, ctx: IntakeContext, case: Case, queue: Queue, row: SlaKpi, action: ActionSpec,
+          stage: str, to_addr: str, now: datetime) -> str:
     template = action.template or f"sla_{stage}"
     rendered = ctx.renderer.render(template, {"case": case, "queue": queue, "kpi": row, "stage": stage, "now": now})
     draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=to_addr,

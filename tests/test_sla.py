@@ -30,7 +30,7 @@ when = { field = "customer_tier", equals = "gold" }
 pause_on = ["Waiting for Details", "On Hold"]
 first_response = { warn_after = "10m", fail_after = "15m" }
 resolve_by = { warn_after = "6h", fail_after = "8h" }
-on_warning = [ { notify = "owner" } ]
+on_warning = [ { notify = "owner" }, { notify = "queue" } ]
 on_failure = [ { raise_priority = "urgent" }, { move_to_queue = "billing" }, { notify = "lead@example.org" } ]
 """
 ROUND_THE_CLOCK = '\n[business_hours]\ndays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\nstart = "00:00"\n' \
@@ -100,6 +100,8 @@ def test_the_gold_customer_example_from_the_seeds(make_env, tmp_path: Path) -> N
 
 def test_warning_and_breach_fire_exactly_once(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     env = sla_env(make_env, tmp_path)
+    env.config.write_text(env.config.read_text().replace(
+        'name = "Example Support"', 'name = "Example Support"\nnotify = ["desk@example.org"]'))
     env.inject(mail(subject="slow", message_id="<slow@customer.test>"))
     app = app_at(env, T0)
     run_once(app, MemoryTransport())
@@ -117,9 +119,9 @@ def test_warning_and_breach_fire_exactly_once(make_env, tmp_path: Path) -> None:
         notices = conn.execute(sa.text("SELECT recipient FROM outbound_message WHERE kind = 'notice' ORDER BY id")
                                ).scalars().all()
     engine.dispose()
-    assert notices == ["alice@example.test", "lead@example.org"]
+    assert notices == ["alice@example.test", "desk@example.org", "lead@example.org"]
     timeline = env.ok("sla", "explain", case["reference"])
-    assert "warning  (notified alice@example.test)" in timeline
+    assert "warning  (notified alice@example.test; notified desk@example.org)" in timeline
     assert "failure  (priority normal -> urgent; moved support -> billing; notified lead@example.org)" in timeline
     breaching = env.json("sla", "status", "--breaching")
     assert [(b["kpi"], b["state"]) for b in breaching] == [("first_response", "Noncompliant")]

@@ -65,8 +65,8 @@ class KpiSpec(Model):
 class ActionSpec(Model):
     """One thing to do on warning or failure; exactly one of the keys."""
 
-    # "owner" (the case's agent), or an address such as a supervisor's; never a queue address,
-    # which would come back into maild as a new message.
+    # "owner" (the case's agent), "queue" (the queue's `notify` addresses in config), or an
+    # address such as a supervisor's; never a queue address, which would come back in as mail.
     notify: str | None = None
     template: str | None = None  # for notify; default sla_warning / sla_failure
     raise_priority: Literal["low", "normal", "high", "urgent"] | None = None
@@ -77,8 +77,8 @@ class ActionSpec(Model):
         given = [k for k in ("notify", "raise_priority", "move_to_queue") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"an action has exactly one of notify, raise_priority, move_to_queue (found {given})")
-        if self.notify is not None and self.notify != "owner" and "@" not in self.notify:
-            raise ValueError(f"notify: \"owner\" or an email address, got {self.notify!r}")
+        if self.notify is not None and self.notify not in ("owner", "queue") and "@" not in self.notify:
+            raise ValueError(f"notify: \"owner\", \"queue\" or an email address, got {self.notify!r}")
         return self
 
 

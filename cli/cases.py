@@ -114,7 +114,7 @@ def resolve(state: State, reference: str, resolution_type: str, narrative: str, 
     minutes = casework.parse_time_spent(time_spent) if time_spent else None
     click.echo(casework.resolve(app.factory, app.config.cases.status_reasons.all(), reference,
                                 resolution_type=resolution_type, narrative=narrative, minutes=minutes,
-                                actor=actor(), now=app.clock()))
+                                actor=actor(), now=app.clock(), cascade=app.config.cases.resolve_children))
 
 
 @command.command("cancel")
@@ -143,3 +143,55 @@ def set_status(state: State, reference: str, reason: str) -> None:
     assert ctx.calendar is not None
     click.echo(casework.set_reason(app.factory, app.config.cases.status_reasons.all(), reference, reason,
                                    rules=ctx.rules, calendar=ctx.calendar, actor=actor(), now=app.clock()))
+
+
+@command.command("link")
+@click.argument("reference")
+@click.option("--parent", required=True, help="The parent case.")
+@pass_state
+def link(state: State, reference: str, parent: str) -> None:
+    """Make a case the child of another (resolving the parent resolves its open children)."""
+    from maild import caselinks
+
+    app = state.app
+    click.echo(caselinks.link(app.factory, reference, parent, actor=actor(), now=app.clock()))
+
+
+@command.command("merge")
+@click.argument("source")
+@click.option("--into", "target", required=True, help="The case that absorbs SOURCE.")
+@pass_state
+def merge(state: State, source: str, target: str) -> None:
+    """Merge SOURCE into another case: its mail moves over, it becomes Cancelled/Merged."""
+    from maild import caselinks
+
+    app = state.app
+    click.echo(caselinks.merge(app.factory, source, target, actor=actor(), now=app.clock()))
+
+
+@command.command("reopen")
+@click.argument("reference")
+@click.option("--reason", required=True, help="Why; kept in the audit trail.")
+@pass_state
+def reopen(state: State, reference: str, reason: str) -> None:
+    """Make a resolved or cancelled case active again."""
+    from maild import caselinks
+
+    app = state.app
+    click.echo(caselinks.reopen(app.factory, reference, reason=reason, actor=actor(), now=app.clock()))
+
+
+@command.command("history")
+@click.argument("reference")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def history(state: State, reference: str, as_json: bool) -> None:
+    """Every change to a case: who, what and when (its audit trail)."""
+    with transaction(state.app.factory) as session:
+        events = views.show_case(session, reference)["audit"]
+    if as_json:
+        print_json(events)
+        return
+    for e in events:
+        e["details"] = ", ".join(f"{k}={v}" for k, v in (e["details"] or {}).items() if v is not None)
+    print_table(events, ["at", "actor", "action", "details"], "no history")

@@ -31,7 +31,7 @@ def pick(factory: sessionmaker[Session], registry: Registry, reference: str, age
     """``agent`` takes an unassigned case from its queue; returns what happened."""
     agent_id = _agent_id(registry, agent)
     with transaction(factory) as session:
-        case = _case(session, reference)
+        case = locked_case(session, reference)
         if case.status != ACTIVE:
             raise NotAllowed(f"case {case.reference} is {case.status}; only active cases can be picked")
         if case.owner_id == agent_id:
@@ -53,7 +53,7 @@ def assign(factory: sessionmaker[Session], registry: Registry, reference: str, *
     if queue is not None and queue not in registry.queue_ids:
         raise NotFound(f"no queue {queue!r}; configured: {', '.join(sorted(registry.queue_ids))}")
     with transaction(factory) as session:
-        case = _case(session, reference)
+        case = locked_case(session, reference)
         before = {"owner": case.owner.name if case.owner else None, "queue": case.queue.name}
         if queue is not None:
             case.queue_id = registry.queue_ids[queue]
@@ -81,7 +81,8 @@ def parse_time_spent(text: str) -> int:
 
 
 def resolve(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...]], reference: str, *,
-            resolution_type: str, narrative: str, minutes: int | None, actor: str, now: datetime) -> str:
+            resolution_type: str, narrative: str, minutes: int | None, actor: str, now: datetime,
+            cascade: bool = False) -> str:
     """Resolve an active case with a resolution type (a Resolved status reason) and narrative."""
     if status_of(resolution_type, reasons) != RESOLVED:
         raise MaildError(f"--type: {resolution_type!r} is not a Resolved status reason; "
@@ -90,25 +91,36 @@ def resolve(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...]],
     if not narrative.strip():
         raise MaildError("--narrative: say how the case was resolved")
     with transaction(factory) as session:
-        case = _case(session, reference)
+        case = locked_case(session, reference)
         if case.status != ACTIVE:
             raise NotAllowed(f"case {case.reference} is already {case.status} ({case.status_reason})")
-        before = case.status_reason
-        case.status, case.status_reason, case.resolution_type = RESOLVED, reason, reason
-        case.resolution, case.time_spent_minutes = narrative.strip(), minutes
-        case.resolved_at = case.updated_at = now
-        audit(session, case.id, actor, "resolved", now, previous_reason=before, resolution_type=reason,
-              time_spent_minutes=minutes)
-        entitlements.on_resolve(session, case, now, actor)
-        sla.met(session, case.id, "resolve_by", now)
-        sla.cancel(session, case.id, now, "resolved before a first response")
-        return f"{case.reference} resolved: {reason}"
+        _resolve(session, case, reason, narrative.strip(), minutes, actor, now)
+        children = [c for c in session.scalars(select(Case).where(Case.parent_id == case.id, Case.status == ACTIVE)
+                                               .with_for_update())] if cascade else []
+        for child in children:
+            _resolve(session, child, reason, f"Resolved with its parent {case.reference}: {narrative.strip()}", None,
+                     actor, now)
+        also = f" (and {len(children)} child case(s): {', '.join(c.reference for c in children)})" if children else ""
+        return f"{case.reference} resolved: {reason}{also}"
+
+
+def _resolve(session: Session, case: Case, reason: str, narrative: str, minutes: int | None, actor: str,
+             now: datetime) -> None:
+    before = case.status_reason
+    case.status, case.status_reason, case.resolution_type = RESOLVED, reason, reason
+    case.resolution, case.time_spent_minutes = narrative, minutes
+    case.resolved_at = case.updated_at = now
+    audit(session, case.id, actor, "resolved", now, previous_reason=before, resolution_type=reason,
+          time_spent_minutes=minutes)
+    entitlements.on_resolve(session, case, now, actor)
+    sla.met(session, case.id, "resolve_by", now)
+    sla.cancel(session, case.id, now, "resolved before a first response")
 
 
 def cancel(factory: sessionmaker[Session], reference: str, *, reason: str, actor: str, now: datetime) -> str:
     """Cancel an active case; whatever it drew from an entitlement is given back."""
     with transaction(factory) as session:
-        case = _case(session, reference)
+        case = locked_case(session, reference)
         if case.status != ACTIVE:
             raise NotAllowed(f"case {case.reference} is {case.status}; only active cases can be cancelled")
         before = case.status_reason
@@ -128,7 +140,7 @@ def set_reason(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...
         raise MaildError(f"--reason: {reason!r} is not an Active status reason; choose from "
                          f"{', '.join(reasons[ACTIVE])} (resolve or cancel with their own commands)")
     with transaction(factory) as session:
-        case = _case(session, reference)
+        case = locked_case(session, reference)
         if case.status != ACTIVE:
             raise NotAllowed(f"case {case.reference} is {case.status}")
         before, case.status_reason, case.updated_at = case.status_reason, name, now
@@ -137,7 +149,8 @@ def set_reason(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...
         return f"{case.reference}: {before} -> {name}"
 
 
-def _case(session: Session, reference: str) -> Case:
+def locked_case(session: Session, reference: str) -> Case:
+    """The case named by ``reference``, locked for the change at hand; NotFound if there is none."""
     case = session.scalar(select(Case).where(Case.reference == reference.strip().upper()).with_for_update())
     if case is None:
         raise NotFound(f"no case {reference}")

@@ -157,6 +157,8 @@ class StatusReasonsConfig(_Model):
 class CasesConfig(_Model):
     reference_prefix: str = "CAS"
     reopen_window_days: float = Field(default=7.0, ge=0)
+    # Resolving a parent case resolves its open children too, with the same resolution type.
+    resolve_children: bool = True
     status_reasons: StatusReasonsConfig = StatusReasonsConfig()
 
     @model_validator(mode="after")

@@ -111,6 +111,7 @@ def show_case(session: Session, reference: str) -> dict[str, Any]:
         "resolution": case.resolution,
         "time_spent_minutes": case.time_spent_minutes,
         "parent": related.get(case.parent_id or 0),
+        "children": list(session.scalars(select(Case.reference).where(Case.parent_id == case.id).order_by(Case.id))),
         "previous_case": related.get(case.previous_case_id or 0),
         "merged_into": related.get(case.merged_into_id or 0),
         "severity": case.severity,

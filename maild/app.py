@@ -117,7 +117,10 @@ class App:
     def intake_context(self) -> IntakeContext:
         from maild.cases import IntakeContext
 
-        return IntakeContext(self.config, self.registry, self.renderer, self.rules)
+        from maild.replytokens import load_key
+
+        return IntakeContext(self.config, self.registry, self.renderer, self.rules,
+                             load_key(self.config.security.reply_token_key_file))
 
 
 def required_templates(config: Config) -> list[str]:

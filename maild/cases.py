@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import assignment, attachments, entitlements, safety, senders, sla, threader
+from maild import assignment, attachments, entitlements, replytokens, safety, senders, sla, threader
 from maild.businesshours import BusinessCalendar
 from maild.config import Config
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
@@ -26,6 +26,7 @@ from maild.errors import ProcessingError
 from maild.models import (
     ACTIVE,
     INCOMING_EMAIL,
+    NOTE,
     OUTGOING_EMAIL,
     PROCESSED,
     RECEIVED,
@@ -62,6 +63,7 @@ class IntakeContext:
     registry: Registry
     renderer: Renderer
     rules: RuleSet = field(default_factory=RuleSet)
+    reply_key: bytes = b""  # signs reply addresses (maild.replytokens); empty: none are made
     calendar: BusinessCalendar | None = None  # built once from config.business_hours when missing
 
     def __post_init__(self) -> None:
@@ -71,6 +73,17 @@ class IntakeContext:
     @property
     def data_dir(self) -> Path:
         return self.config.paths.data
+
+    def reply_address(self, queue: Queue, case: Case) -> str:
+        """The signed Reply-To for mail about ``case``; the plain queue address without a key."""
+        return replytokens.address(queue.address, case.reference, self.reply_key) if self.reply_key else queue.address
+
+    def signed_reference(self, mail: ParsedMail) -> str | None:
+        if not self.reply_key:
+            return None
+        recipients = [a.email for a in (*mail.to, *mail.cc) if a.email]
+        recipients += [v for name in ("delivered-to", "x-original-to") for v in mail.headers.get(name, ())]
+        return replytokens.reference_from(recipients, self.reply_key, self.config.cases.reference_prefix)
 
     def queue_name(self, queue_id: int) -> str:
         return next((n for n, i in self.registry.queue_ids.items() if i == queue_id), str(queue_id))
@@ -137,7 +150,7 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     if duplicate is not None:
         _finish(inbound, "duplicate", duplicate, now)
         return Outcome("duplicate", _reference(session, duplicate), note=f"Message-ID {mail.message_id} already recorded")
-    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix)
+    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix, ctx.signed_reference(mail))
     if match is None:
         parent = _parent_in_line(session, mail, inbound, now)
         if parent is not None:
@@ -167,6 +180,12 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
         now=now,
     )
     if agent is not None:
+        if disposition.action == "agent_reply" and ctx.config.security.agent_verification == "token" \
+                and (match is None or match.via != "reply-token"):
+            # From can be forged; only the case's signed reply address proves it is the agent.
+            return replace(disposition, action="unverified_note",
+                           reason=f"mail from agent address {mail.sender_email} did not come through the case's "
+                           "signed reply address: kept as an unverified internal note, not relayed")
         return disposition
     # The safety checks above always ran first; rules can only add to them.
     queue = ctx.queue_name(queue_id)
@@ -343,7 +362,7 @@ def _relay(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: 
         kind=REPLY, from_name=f"{agent.name} ({queue.display_name})", from_addr=queue.address,
         to_name=case.contact.name, to_addr=case.contact.email,
         subject=tag_subject(f"Re: {case.title}", case.reference), text=mail.text, html=mail.html,
-        reply_to=queue.address, in_reply_to=in_reply_to, references=refs, attachments=files,
+        reply_to=ctx.reply_address(queue, case), in_reply_to=in_reply_to, references=refs, attachments=files,
     )
     activity = _outgoing_activity(session, ctx, case, draft, now, agent_id=agent_id, inbound=inbound, mail=mail)
     if case.first_response_at is None:
@@ -373,6 +392,17 @@ def _refuse(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     return Outcome("refused", note=inbound.error)
 
 
+def _unverified_note(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+                    d: Disposition, now: datetime) -> Outcome:
+    case = _case(session, d)
+    activity = _incoming_activity(session, ctx, case, inbound, mail, now)
+    activity.kind, activity.subject = NOTE, f"[unverified] {mail.subject}"[:998]
+    audit(session, case.id, f"unverified:{mail.sender_email}", "unverified_agent_mail", now, inbound_id=inbound.id,
+          reason=d.reason)
+    _finish(inbound, "unverified_note", case.id, now)
+    return Outcome("unverified_note", case.reference, note=d.reason)
+
+
 def _ignore(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
             d: Disposition, now: datetime) -> Outcome:
     # Kept with its raw bytes and marked, never dropped: `maild inbound show` tells why.
@@ -391,6 +421,7 @@ _HANDLERS: dict[str, _Handler] = {
     "quarantine": _quarantine,
     "ignore": _ignore,
     "refuse": _refuse,
+    "unverified_note": _unverified_note,
 }
 
 
@@ -494,7 +525,8 @@ def _notify_exhausted(session: Session, ctx: IntakeContext, case: Case, now: dat
                                                           "now": now, "flag": case.entitlement_flag})
         draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=address,
                       subject=tag_subject(rendered.subject or f"Entitlement exhausted: {case.title}", case.reference),
-                      text=rendered.text, html=rendered.html, reply_to=queue.address, auto_submitted=True)
+                      text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case),
+                      auto_submitted=True)
         domain = ctx.config.outgoing.message_id_domain or queue.address.rpartition("@")[2]
         message_id = new_message_id(domain)
         session.add(outbox_row(draft, compose(draft, message_id, now).as_bytes(), message_id=message_id, now=now,
@@ -584,7 +616,7 @@ def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedM
         kind=ACKNOWLEDGEMENT, from_name=queue.display_name, from_addr=queue.address,
         to_name=mail.sender.name if mail.sender else "", to_addr=to_addr,
         subject=tag_subject(rendered.subject or f"Re: {case.title}", case.reference),
-        text=rendered.text, html=rendered.html, reply_to=queue.address, in_reply_to=mail.message_id,
+        text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case), in_reply_to=mail.message_id,
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
     )
     try:

@@ -177,6 +177,14 @@ class AcknowledgementConfig(_Model):
     template: str = "acknowledgement"
 
 
+class SecurityConfig(_Model):
+    # The secret that signs reply addresses (support+CAS-...-SIG@); created on first use.
+    reply_token_key_file: Path = Path("var/reply-token.key")
+    # "token": an agent's emailed reply is relayed only if it was sent to the case's signed
+    # reply address; "from": trust the From address alone (forgeable; for migrations only).
+    agent_verification: Literal["token", "from"] = "token"
+
+
 class EntitlementsConfig(_Model):
     # Who is told when a case is created on an exhausted entitlement (policy "flag"):
     # addresses outside maild's queues, e.g. the account manager; empty: flag and log only.
@@ -303,6 +311,7 @@ class Config(_Model):
     cases: CasesConfig = CasesConfig()
     acknowledgements: AcknowledgementConfig = AcknowledgementConfig()
     entitlements: EntitlementsConfig = EntitlementsConfig()
+    security: SecurityConfig = SecurityConfig()
     queues: dict[str, QueueConfig] = Field(min_length=1)
     agents: tuple[AgentConfig, ...] = ()
     teams: tuple[TeamConfig, ...] = ()
@@ -335,7 +344,9 @@ class Config(_Model):
 
     # Lookups used on every message; computed from frozen data, so cheap to call.
     def queue_for_address(self, address: str) -> str | None:
-        address = address.strip().lower()
+        # support+CAS-00001-AB12CD.sig@ is support@: the tag is a signed reply address.
+        local, at, domain = address.strip().lower().partition("@")
+        address = local.split("+", 1)[0] + at + domain
         for name, queue in self.queues.items():
             if address in queue.addresses:
                 return name
@@ -351,7 +362,8 @@ class Config(_Model):
         return frozenset(a for q in self.queues.values() for a in q.addresses)
 
 
-_PATH_KEYS = (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir"))
+_PATH_KEYS = (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir"),
+              ("security", "reply_token_key_file"))
 _FILE_KEYS = ("password_file", "ca_file")
 
 

@@ -13,7 +13,8 @@ from typing import Literal
 from maild.models import ACTIVE, RESOLVED
 from maild.rules.engine import RuleResult
 
-Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "quarantine", "ignore", "refuse"]
+Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "quarantine", "ignore", "refuse",
+                 "unverified_note"]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ OUTCOMES = {
     "agent_reply": "record the agent's reply and relay it to the customer",
     "quarantine": "quarantine the message",
     "ignore": "keep the message, marked ignored; no case",
+    "refuse": "refuse: no case; the sender gets a templated answer",
+    "unverified_note": "keep it on the case as an unverified internal note; do not relay it",
 }
 
 

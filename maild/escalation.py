@@ -71,7 +71,7 @@ def _send(session: Session, ctx: IntakeContext, case: Case, queue: Queue, row: S
     rendered = ctx.renderer.render(template, {"case": case, "queue": queue, "kpi": row, "stage": stage, "now": now})
     draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=to_addr,
                   subject=tag_subject(rendered.subject or f"SLA {stage}: {case.title}", case.reference),
-                  text=rendered.text, html=rendered.html, auto_submitted=True)
+                  text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case), auto_submitted=True)
     message_id = new_message_id(ctx.config.outgoing.message_id_domain or queue.address.rpartition("@")[2])
     session.add(outbox_row(draft, compose(draft, message_id, now).as_bytes(), message_id=message_id, now=now,
                            case_id=case.id, activity=None))

@@ -28,8 +28,9 @@ from maild.ruling import NEW_CASE_ACTIONS, new_case_fields
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _LABELS = {"append": "added to a case", "reopen": "added to a case", "agent_reply": "agent reply",
-           "quarantine": "quarantined", "ignore": "ignored", "refuse": "refused"}
-_RECORDED = {"threaded": "added to a case", "reopened": "added to a case", "relayed": "agent reply",
+           "quarantine": "quarantined", "ignore": "ignored", "refuse": "refused",
+           "unverified_note": "unverified note"}
+_RECORDED = {"unverified_note": "unverified note", "threaded": "added to a case", "reopened": "added to a case", "relayed": "agent reply",
              "ignored": "ignored", "refused": "refused"}
 
 

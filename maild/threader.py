@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 from maild.parse import ParsedMail
 from maild.refkeys import find_references
 
-Via = Literal["reference-key", "in-reply-to", "references"]
+Via = Literal["reply-token", "reference-key", "in-reply-to", "references"]
 
 
 class CaseLookup(Protocol):
@@ -31,8 +31,17 @@ class ThreadMatch:
     key: str
 
 
-def match(mail: ParsedMail, lookup: CaseLookup, prefix: str) -> ThreadMatch | None:
-    """The case this mail continues, or None if it starts a new one."""
+def match(mail: ParsedMail, lookup: CaseLookup, prefix: str, signed: str | None = None) -> ThreadMatch | None:
+    """The case this mail continues, or None if it starts a new one.
+
+    ``signed`` is the key from a correctly signed reply address (maild.replytokens), found
+    by the caller: it wins, because it survives clients that drop subject and headers and
+    cannot be made up.
+    """
+    if signed is not None:
+        case_id = lookup.case_by_reference(signed)
+        if case_id is not None:
+            return ThreadMatch(case_id, "reply-token", signed)
     for ref in find_references(mail.subject, prefix):
         case_id = lookup.case_by_reference(ref)
         if case_id is not None:

@@ -127,3 +127,23 @@ def test_status_reasons_extend_the_built_in_ones(tmp_path: Path) -> None:
     cfg.write_text('[queues.support]\naddresses = ["s@example.test"]\n[cases.status_reasons]\nresolved = ["On Hold"]\n')
     with pytest.raises(ConfigError, match="'On Hold' is both Active and Resolved"):
         config.load(cfg)
+
+
+def test_reply_token_key_is_created_once_privately_and_plus_addresses_map_to_queues(tmp_path: Path) -> None:
+    import stat
+
+    from maild.replytokens import address, load_key, reference_from
+
+    path = tmp_path / "cfg" / "config.toml"
+    path.parent.mkdir()
+    path.write_text('[queues.support]\naddresses = ["support@example.test"]\n')
+    cfg = config.load(path)
+    key_file = cfg.security.reply_token_key_file
+    assert key_file == path.parent / "var" / "reply-token.key"
+    key = load_key(key_file)
+    assert load_key(key_file) == key and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    signed = address("support@example.test", "CAS-00042-ABC123", key)
+    assert cfg.queue_for_address(signed) == "support"
+    assert reference_from(["x@y.test", signed.upper()], key, "CAS") == "CAS-00042-ABC123"
+    assert reference_from([signed], b"another key" * 4, "CAS") is None
+    assert reference_from([signed.replace("CAS-00042", "CAS-00043")], key, "CAS") is None

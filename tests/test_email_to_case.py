@@ -171,8 +171,10 @@ def test_agent_reply_is_relayed_to_the_customer(env: Env) -> None:
     env.ok("run", "--once")
     ref = _only_case(env)["reference"]
     [ack] = env.peer.wait_for(1)
+    reply_to = ack.message["Reply-To"].addresses[0].addr_spec  # what her mail client answers to
+    assert reply_to.startswith(f"support+{ref}.") and reply_to.endswith("@example.test")
     agent_mail = mail(subject=f"Re: Printer on fire [{ref}]", sender="Alice Agent <alice@example.test>",
-                      body="Please unplug it first.\n\n> Help, my printer is on fire.\n",
+                      body="Please unplug it first.\n\n> Help, my printer is on fire.\n", to=reply_to,
                       headers={"In-Reply-To": ack.message["Message-ID"]})
     env.inject(agent_mail)
     env.ok("run", "--once")
@@ -192,6 +194,37 @@ def test_agent_reply_is_relayed_to_the_customer(env: Env) -> None:
     assert shown["first_response_at"] is not None
     assert [a["kind"] for a in shown["activities"]][-1] == "outgoing_email"
     assert any(e["action"] == "agent_reply" and e["actor"] == "agent:Alice Agent" for e in shown["audit"])
+
+
+def test_a_forged_agent_reply_is_kept_as_an_unverified_note_and_not_relayed(env: Env) -> None:
+    env.inject(mail(message_id="<q@customer.test>"))
+    env.ok("run", "--once")
+    ref = _only_case(env)["reference"]
+    [ack] = env.peer.wait_for(1)
+    forged_token = f"support+{ref}.aaaaaaaaaa@example.test"  # the right shape, the wrong signature
+    for to in ("support@example.test", forged_token):  # the key in the subject, From alice: not enough
+        env.inject(mail(subject=f"Re: [{ref}] refund approved", sender="Alice Agent <alice@example.test>",
+                        body="Refund of 5000 EUR approved, send your bank details.\n", to=to))
+    env.ok("run", "--once")
+    assert len(env.peer.received) == 1, "nothing relayed to the customer"
+    shown = env.json("cases", "show", ref)
+    notes = [a for a in shown["activities"] if a["kind"] == "note"]
+    assert len(notes) == 2 and all(n["subject"].startswith("[unverified]") for n in notes)
+    assert sum(e["action"] == "unverified_agent_mail" for e in shown["audit"]) == 2
+    assert shown["first_response_at"] is None
+    outcomes = [r["outcome"] for r in env.json("inbound", "list")]
+    assert outcomes.count("unverified_note") == 2
+
+
+def test_a_reply_to_the_signed_address_threads_without_subject_or_headers(env: Env) -> None:
+    env.inject(mail(message_id="<q@customer.test>"))
+    env.ok("run", "--once")
+    ref = _only_case(env)["reference"]
+    [ack] = env.peer.wait_for(1)
+    env.inject(mail(subject="(no subject)", to=ack.message["Reply-To"].addresses[0].addr_spec))
+    env.ok("run", "--once")
+    assert len(env.json("cases", "list")) == 1
+    assert env.json("cases", "show", ref)["activities"][-1]["subject"] == "(no subject)"
 
 
 def test_agent_mail_without_a_case_is_quarantined(env: Env) -> None:

@@ -15,6 +15,7 @@ from maild import config as config_mod
 from maild.app import App
 from maild.daemon import run_once
 from maild.escalation import act
+from maild.replytokens import address, load_key
 from maild.sla import SlaRunner
 from maild.transport import MemoryTransport
 
@@ -86,8 +87,10 @@ def test_the_gold_customer_example_from_the_seeds(make_env, tmp_path: Path) -> N
     first = next(k for k in shown["kpis"] if k["kpi"] == "first_response")
     assert first["fail_at"] == (T0 + timedelta(minutes=15)).isoformat()
     # Alice answers from her mail client five minutes later: the KPI is met.
+    key = load_key(config_mod.load(env.config).security.reply_token_key_file)
     env.inject(mail(subject=f"Re: [{case['reference']}] printer on fire", sender="Alice <alice@example.test>",
-                    body="Unplug it, please.\n", headers={"In-Reply-To": "<fire@customer.test>"}))
+                    body="Unplug it, please.\n", headers={"In-Reply-To": "<fire@customer.test>"},
+                    to=address("support@example.test", case["reference"], key)))
     app = app_at(env, T0 + timedelta(minutes=5))
     run_once(app, MemoryTransport())
     app.close()

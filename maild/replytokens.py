@@ -1,0 +1,60 @@
+"""Signed reply addresses: ``support+CAS-01234-AB12CD.k3j9xq2a@example.test``.
+
+Every mail maild sends about a case carries one as its Reply-To. The part after the key is
+an HMAC of the key with a secret only maild knows, so a reply threads onto its case even
+when the client drops the subject and the headers, and nobody can make up the address of
+a case they were never sent: that is what proves an agent's emailed reply is genuine.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from maild.errors import ConfigError
+
+SIG_CHARS = 10  # base32 characters: 50 bits, far beyond guessing by mail
+
+
+def load_key(path: Path) -> bytes:
+    """The secret, created (random, readable by maild only) the first time it is needed."""
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        key = path.read_text(encoding="utf-8").strip()
+    except FileExistsError:
+        key = path.read_text(encoding="utf-8").strip()  # another process made it a moment ago
+    except OSError as exc:
+        raise ConfigError(f"security.reply_token_key_file: cannot read or create {path}: {exc}") from exc
+    if len(key) < 32:
+        raise ConfigError(f"security.reply_token_key_file: {path} holds fewer than 32 characters")
+    return key.encode()
+
+
+def signature(key: bytes, reference: str) -> str:
+    digest = hmac.new(key, reference.upper().encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode().lower()[:SIG_CHARS]
+
+
+def address(queue_address: str, reference: str, key: bytes) -> str:
+    local, _, domain = queue_address.partition("@")
+    return f"{local}+{reference}.{signature(key, reference)}@{domain}"
+
+
+def reference_from(addresses: Iterable[str], key: bytes, prefix: str) -> str | None:
+    """The case key of the first correctly signed reply address among ``addresses``."""
+    pattern = re.compile(rf"\+({re.escape(prefix)}-\d+-[A-Z0-9]+)\.([a-z2-7]+)@", re.IGNORECASE)
+    for addr in addresses:
+        m = pattern.search(addr)
+        if m and hmac.compare_digest(m.group(2).lower(), signature(key, m.group(1))):
+            return m.group(1).upper()
+    return None

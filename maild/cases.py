@@ -18,10 +18,10 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import assignment, attachments, entitlements, replytokens, safety, senders, sla, threader
+from maild import assignment, attachments, entitlements, participants, replytokens, safety, senders, sla, threader
 from maild.businesshours import BusinessCalendar
 from maild.config import Config
-from maild.disposition import AckPolicy, CaseSnapshot, Disposition, decide
+from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
 from maild.errors import ProcessingError
 from maild.models import (
     ACTIVE,
@@ -187,6 +187,9 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
                            reason=f"mail from agent address {mail.sender_email} did not come through the case's "
                            "signed reply address: kept as an unverified internal note, not relayed")
         return disposition
+    if disposition.action in ("append", "reopen") and disposition.case is not None \
+            and not participants.is_participant(session, disposition.case.id, mail.sender_email):
+        disposition = _outsider(ctx, disposition, mail, no_reply, acks, queue_id)
     # The safety checks above always ran first; rules can only add to them.
     queue = ctx.queue_name(queue_id)
     assert ctx.calendar is not None
@@ -211,6 +214,17 @@ def _entitlement(session: Session, mail: ParsedMail, now: datetime) -> entitleme
     if row is None:
         return entitlements.Charge(None, False)
     return entitlements.check(session, row[0], row[1], "email", now.date())
+
+
+def _outsider(ctx: IntakeContext, d: Disposition, mail: ParsedMail, no_reply: str | None, acks: int,
+              queue_id: int) -> Disposition:
+    assert d.case is not None
+    reason = f"{mail.sender_email} is not a participant of {d.case.reference}"
+    if ctx.config.cases.unknown_participant == "quarantine":
+        return Disposition("quarantine", d.case, reason=f"{reason}: held for review")
+    refusal = ack_refusal(no_reply, acks, _policy(ctx, queue_id))
+    return Disposition("follow_up", d.case, acknowledge=refusal is None, no_ack_reason=refusal,
+                       reason=f"{reason}: a new case linked to it")
 
 
 def customer_address(mail: ParsedMail) -> str | None:

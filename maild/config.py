@@ -159,6 +159,10 @@ class CasesConfig(_Model):
     reopen_window_days: float = Field(default=7.0, ge=0)
     # Resolving a parent case resolves its open children too, with the same resolution type.
     resolve_children: bool = True
+    # Mail with a case's key from someone who is not on the case (not the customer, a contact
+    # of the same account, an address already on its mail, or an agent): open a "new_case"
+    # linked to it, or "quarantine" it for review. Never appended silently.
+    unknown_participant: Literal["new_case", "quarantine"] = "new_case"
     status_reasons: StatusReasonsConfig = StatusReasonsConfig()
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import mail
 from maild.disposition import AckPolicy, CaseSnapshot, decide
 from maild.parse import parse
 from maild.refkeys import SUFFIX_ALPHABET, clean_title, find_references, make_reference, tag_subject
@@ -115,3 +116,32 @@ def test_acknowledgement_refusals() -> None:
     assert reason(no_reply_reason="bounce") == "bounce"
     assert reason(acks_last_hour=5).startswith("rate limit")
     assert reason(policy=AckPolicy(False, 5, timedelta(days=7))) == "acknowledgements are disabled for this queue"
+
+
+def test_a_stranger_with_the_key_opens_a_linked_case_or_is_held(make_env) -> None:  # type: ignore[no-untyped-def]
+    env = make_env(ack_limit=100)
+    env.inject(mail(subject="contract question", sender="Jane <jane@customer.test>", message_id="<c1@customer.test>",
+                    headers={"Cc": "boss@customer.test"}))
+    env.ok("run", "--once")
+    [case] = env.json("cases", "list")
+    ref = case["reference"]
+    # The display-name trick: judged by the address, never by the name.
+    env.inject(mail(subject=f"Re: [{ref}] contract question", sender='"jane@customer.test" <evil@attacker.test>'))
+    env.inject(mail(subject=f"Re: [{ref}] contract question", sender="boss@customer.test"))  # was on Cc
+    env.ok("run", "--once")
+    cases = env.json("cases", "list")
+    assert len(cases) == 2
+    linked = next(c for c in cases if c["reference"] != ref)
+    assert linked["customer_email"] == "evil@attacker.test"
+    assert env.json("cases", "show", linked["reference"])["previous_case"] == ref
+    original = env.json("cases", "show", ref)
+    assert [a["from"] for a in original["activities"] if a["kind"] == "incoming_email"] == \
+        ["jane@customer.test", "boss@customer.test"]
+    # The stricter choice: hold it for review.
+    env.config.write_text(env.config.read_text().replace("reopen_window_days = 7",
+                                                         'reopen_window_days = 7\nunknown_participant = "quarantine"'))
+    env.inject(mail(subject=f"Re: [{ref}] contract question", sender="mallory@attacker.test"))
+    env.ok("run", "--once")
+    held = [r for r in env.json("inbound", "list") if r["state"] == "quarantined"]
+    assert len(held) == 1 and "mallory@attacker.test is not a participant" in held[0]["error"]
+    assert len(env.json("cases", "list")) == 2

@@ -14,7 +14,9 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 from maild.errors import ConfigError
@@ -23,21 +25,34 @@ SIG_CHARS = 10  # base32 characters: 50 bits, far beyond guessing by mail
 
 
 def load_key(path: Path) -> bytes:
-    """The secret, created (random, readable by maild only) the first time it is needed."""
+    """The secret, created (random, readable by maild only) the first time it is needed.
+
+    It is written to a private temporary file and then linked into place, so a worker that
+    starts at the same moment sees either no file or the whole key, never an empty one.
+    """
     try:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
+            _publish(path, secrets.token_hex(32) + "\n")
         key = path.read_text(encoding="utf-8").strip()
-    except FileExistsError:
-        key = path.read_text(encoding="utf-8").strip()  # another process made it a moment ago
     except OSError as exc:
         raise ConfigError(f"security.reply_token_key_file: cannot read or create {path}: {exc}") from exc
     if len(key) < 32:
         raise ConfigError(f"security.reply_token_key_file: {path} holds fewer than 32 characters")
     return key.encode()
+
+
+def _publish(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".reply-token.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process published its key first: use that one
+    finally:
+        os.unlink(tmp)
 
 
 def signature(key: bytes, reference: str) -> str:
@@ -50,11 +65,15 @@ def address(queue_address: str, reference: str, key: bytes) -> str:
     return f"{local}+{reference}.{signature(key, reference)}@{domain}"
 
 
+@lru_cache(maxsize=8)
+def _pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"\+({re.escape(prefix)}-\d+-[A-Z0-9]+)\.([a-z2-7]+)@", re.IGNORECASE)
+
+
 def reference_from(addresses: Iterable[str], key: bytes, prefix: str) -> str | None:
     """The case key of the first correctly signed reply address among ``addresses``."""
-    pattern = re.compile(rf"\+({re.escape(prefix)}-\d+-[A-Z0-9]+)\.([a-z2-7]+)@", re.IGNORECASE)
     for addr in addresses:
-        m = pattern.search(addr)
+        m = _pattern(prefix).search(addr)
         if m and hmac.compare_digest(m.group(2).lower(), signature(key, m.group(1))):
             return m.group(1).upper()
     return None

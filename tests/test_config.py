@@ -147,3 +147,20 @@ def test_reply_token_key_is_created_once_privately_and_plus_addresses_map_to_que
     assert reference_from(["x@y.test", signed.upper()], key, "CAS") == "CAS-00042-ABC123"
     assert reference_from([signed], b"another key" * 4, "CAS") is None
     assert reference_from([signed.replace("CAS-00042", "CAS-00043")], key, "CAS") is None
+
+
+def test_workers_starting_together_share_one_reply_token_key(tmp_path: Path) -> None:
+    import threading
+
+    from maild.replytokens import load_key
+
+    for round_ in range(20):  # bounded: each round races eight threads on a fresh path
+        path = tmp_path / f"r{round_}" / "reply-token.key"
+        keys: list[bytes] = []
+        threads = [threading.Thread(target=lambda: keys.append(load_key(path))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(keys) == 8 and len(set(keys)) == 1
+        assert [p.name for p in path.parent.iterdir()] == ["reply-token.key"], "no temporary files left"

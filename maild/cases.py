@@ -40,7 +40,7 @@ from maild.models import (
     OutboundMessage,
     Queue,
 )
-from maild.outbox import ACKNOWLEDGEMENT, NOTICE, REFUSAL, REPLY, Draft, FileAttachment, compose, new_message_id, outbox_row
+from maild.outbox import ACKNOWLEDGEMENT, NOTICE, REFUSAL, REPLY, Draft, FileAttachment, enqueue
 from maild.parse import ParsedMail
 from maild.refkeys import clean_title, make_reference, tag_subject
 from maild.registry import Registry
@@ -235,9 +235,8 @@ def customer_address(mail: ParsedMail) -> str | None:
 
 
 def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
-    queue_name = next(n for n, i in ctx.registry.queue_ids.items() if i == queue_id)
     return AckPolicy(
-        enabled=ctx.config.acknowledgements.enabled and ctx.config.queues[queue_name].acknowledge,
+        enabled=ctx.config.acknowledgements.enabled and ctx.config.queues[ctx.queue_name(queue_id)].acknowledge,
         max_per_sender_per_hour=ctx.config.acknowledgements.max_per_sender_per_hour,
         reopen_window=timedelta(days=ctx.config.cases.reopen_window_days),
     )
@@ -533,18 +532,24 @@ def _start_sla(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMai
 
 def _notify_exhausted(session: Session, ctx: IntakeContext, case: Case, now: datetime) -> None:
     """Tell the configured people that a case was opened on an exhausted entitlement."""
-    queue: Queue = case.queue
     for address in ctx.config.entitlements.notify:
-        rendered = ctx.renderer.render(EXHAUSTED_NOTICE, {"case": case, "contact": case.contact, "queue": queue,
-                                                          "now": now, "flag": case.entitlement_flag})
-        draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=address,
-                      subject=tag_subject(rendered.subject or f"Entitlement exhausted: {case.title}", case.reference),
-                      text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case),
-                      auto_submitted=True)
-        domain = ctx.config.outgoing.message_id_domain or queue.address.rpartition("@")[2]
-        message_id = new_message_id(domain)
-        session.add(outbox_row(draft, compose(draft, message_id, now).as_bytes(), message_id=message_id, now=now,
-                               case_id=case.id, activity=None))
+        notice(session, ctx, case, address, EXHAUSTED_NOTICE, {"contact": case.contact, "flag": case.entitlement_flag},
+               f"Entitlement exhausted: {case.title}", now)
+
+
+def notice(session: Session, ctx: IntakeContext, case: Case, to_addr: str, template: str, context: dict[str, Any],
+           fallback_subject: str, now: datetime) -> None:
+    """Queue an internal, templated notice about ``case`` (to an agent, a lead, a manager).
+
+    The template also sees ``case``, ``queue`` and ``now``; replies to it go to the case's
+    signed address, so an agent can answer straight from the notice.
+    """
+    queue: Queue = case.queue
+    rendered = ctx.renderer.render(template, {"case": case, "queue": queue, "now": now, **context})
+    draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=to_addr,
+                  subject=tag_subject(rendered.subject or fallback_subject, case.reference), text=rendered.text,
+                  html=rendered.html, reply_to=ctx.reply_address(queue, case), auto_submitted=True)
+    session.add(enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain))
 
 
 def _team_owner(session: Session, ctx: IntakeContext, d: Disposition) -> int | None:
@@ -589,11 +594,9 @@ def _outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: 
     The message is composed first, so an address the email package refuses (ValueError)
     leaves nothing behind in the session.
     """
-    domain = ctx.config.outgoing.message_id_domain or draft.from_addr.rpartition("@")[2]
-    message_id = new_message_id(domain)
-    raw = compose(draft, message_id, now).as_bytes()
+    row = enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain)
     activity = Activity(
-        case=case, kind=OUTGOING_EMAIL, created_at=now, message_id=message_id,
+        case=case, kind=OUTGOING_EMAIL, created_at=now, message_id=row.message_id,
         in_reply_to=draft.in_reply_to, references=" ".join(draft.references) or None,
         from_addr=draft.from_addr, from_name=draft.from_name, to_addrs=draft.to_addr, subject=draft.subject,
         sent_at=None, text=draft.text, text_stripped=mail.text_stripped if mail else draft.text, html=draft.html,
@@ -601,7 +604,8 @@ def _outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: 
         attachments=_attachment_rows(ctx, mail) if mail else [],
     )
     session.add(activity)
-    session.add(outbox_row(draft, raw, message_id=message_id, now=now, case_id=case.id, activity=activity))
+    row.activity = activity
+    session.add(row)
     case.updated_at = now
     return activity
 

@@ -5,7 +5,6 @@ Each change is one transaction with its audit event, like every write to a case.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from sqlalchemy import select
@@ -20,6 +19,7 @@ from maild.models import ACTIVE, CANCELLED, RESOLVED, Case
 from maild.statuses import status_of
 from maild.registry import Registry
 from maild.rules import RuleSet
+from maild.rules.slaspec import parse_duration
 
 
 class NotAllowed(MaildError):
@@ -66,18 +66,15 @@ def assign(factory: sessionmaker[Session], registry: Registry, reference: str, *
         return f"{case.reference}: queue {after['queue']}, owner {agent or '(none: the queue picks it up)'}"
 
 
-_SPENT = re.compile(r"^(?:(\d+)h)?\s*(?:(\d+)m)?$")
-
-
 def parse_time_spent(text: str) -> int:
-    """``1h30m``, ``2h``, ``45m`` or plain minutes (``90``) -> minutes."""
+    """``1h30m``, ``2h``, ``45m`` (the SLA duration grammar) or plain minutes (``90``) -> minutes."""
     text = text.strip().lower()
     if text.isdigit():
         return int(text)
-    m = _SPENT.match(text)
-    if not text or not m or not any(m.groups()):
-        raise MaildError(f"--time-spent: expected a duration like 1h30m, 2h, 45m or 90, got {text!r}")
-    return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+    try:
+        return int(parse_duration(text).total_seconds()) // 60
+    except ValueError:
+        raise MaildError(f"--time-spent: expected a duration like 1h30m, 2h, 45m or 90, got {text!r}") from None
 
 
 def resolve(factory: sessionmaker[Session], reasons: dict[str, tuple[str, ...]], reference: str, *,

@@ -7,16 +7,18 @@ process (``maild inject`` beside ``maild run``) wait for the writer instead of f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.errors import SchemaOutOfDate, TemporaryFailure
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -104,6 +106,15 @@ def is_temporary(exc: OperationalError) -> bool:
         return any(word in text for word in _SQLITE_TEMPORARY)
     # psycopg raises OperationalError for connection trouble; SQL errors are other classes.
     return True
+
+
+def again_on_conflict(work: Callable[[], T]) -> T:
+    """Run ``work`` (its own transaction); if a concurrent worker inserted the same unique row
+    first, run it once more: the second pass finds the row and updates it instead."""
+    try:
+        return work()
+    except IntegrityError:
+        return work()
 
 
 def _short(exc: DBAPIError) -> str:

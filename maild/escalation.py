@@ -10,10 +10,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maild.cases import IntakeContext, audit
+from maild.cases import IntakeContext, audit, notice
 from maild.models import Case, Queue, SlaKpi
-from maild.outbox import NOTICE, Draft, compose, new_message_id, outbox_row
-from maild.refkeys import tag_subject
 from maild.rules.slaspec import ActionSpec
 from maild.sla import Act
 
@@ -55,25 +53,17 @@ def _notify(session: Session, ctx: IntakeContext, case: Case, row: SlaKpi, actio
             now: datetime) -> str:
     queue: Queue = case.queue
     if action.notify == "queue":
-        watchers = ctx.config.queues[queue.name].notify if queue.name in ctx.config.queues else ()
-        if not watchers:
+        recipients = ctx.config.queues[queue.name].notify if queue.name in ctx.config.queues else ()
+        if not recipients:
             return f"notify queue: queue {queue.name} has no notify addresses"
-        return "; ".join(_send(session, ctx, case, queue, row, action, stage, a, now) for a in watchers)
-    to_addr = (case.owner.email if case.owner else None) if action.notify == "owner" else action.notify
-    if not to_addr:
-        return "notify owner: the case has no owner"
-    return _send(session, ctx, case, queue, row, action, stage, to_addr, now)
-
-
-def _send(session: Session, ctx: IntakeContext, case: Case, queue: Queue, row: SlaKpi, action: ActionSpec,
-          stage: str, to_addr: str, now: datetime) -> str:
-    template = action.template or f"sla_{stage}"
-    rendered = ctx.renderer.render(template, {"case": case, "queue": queue, "kpi": row, "stage": stage, "now": now})
-    draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=to_addr,
-                  subject=tag_subject(rendered.subject or f"SLA {stage}: {case.title}", case.reference),
-                  text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case), auto_submitted=True)
-    message_id = new_message_id(ctx.config.outgoing.message_id_domain or queue.address.rpartition("@")[2])
-    session.add(outbox_row(draft, compose(draft, message_id, now).as_bytes(), message_id=message_id, now=now,
-                           case_id=case.id, activity=None))
-    audit(session, case.id, f"sla:{row.sla}", f"sla_{stage}_notified", now, to=to_addr, kpi=row.kpi)
-    return f"notified {to_addr}"
+    elif action.notify == "owner":
+        if case.owner is None:
+            return "notify owner: the case has no owner"
+        recipients = (case.owner.email,)
+    else:
+        recipients = (action.notify or "",)
+    for to_addr in recipients:
+        notice(session, ctx, case, to_addr, action.template or f"sla_{stage}", {"kpi": row, "stage": stage},
+               f"SLA {stage}: {case.title}", now)
+        audit(session, case.id, f"sla:{row.sla}", f"sla_{stage}_notified", now, to=to_addr, kpi=row.kpi)
+    return "; ".join(f"notified {a}" for a in recipients)

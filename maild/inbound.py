@@ -16,10 +16,9 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from sqlalchemy import func, or_, select, union_all, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild.db import transaction
+from maild.db import again_on_conflict, transaction
 from maild.errors import NotFound
 from maild.models import QUARANTINED, RECEIVED, InboundMessage
 from maild.msgids import normalise_message_id
@@ -64,18 +63,13 @@ def add(
     """
     digest = hashlib.sha256(raw).hexdigest()
     msgid = header_message_id(raw)
-    for attempt in (1, 2):
-        try:
-            with transaction(factory) as session:
-                return [
-                    _add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now, True)
-                    for q in queue_ids
-                ]
-        except IntegrityError:
-            # A concurrent delivery of the same message won the race; the second pass sees it.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    def store_all() -> list[Stored]:
+        with transaction(factory) as session:
+            return [_add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now, True)
+                    for q in queue_ids]
+
+    # A concurrent delivery of the same message may win the race; the second pass sees it.
+    return again_on_conflict(store_all)
 
 
 def store(session: Session, queue_id: int, raw: bytes, *, source: str, source_key: str, now: datetime,

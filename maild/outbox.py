@@ -86,6 +86,16 @@ def new_message_id(domain: str) -> str:
     return make_msgid(domain=domain)
 
 
+def enqueue(draft: Draft, *, now: datetime, case_id: int | None, domain: str | None,
+            activity: Activity | None = None) -> OutboundMessage:
+    """Compose ``draft`` under a new Message-ID (in ``domain``, default the sender's) and return
+    its outbox row for the caller to add. Composing first means an address the email package
+    refuses (ValueError) leaves nothing behind."""
+    message_id = new_message_id(domain or draft.from_addr.rpartition("@")[2])
+    return outbox_row(draft, compose(draft, message_id, now).as_bytes(), message_id=message_id, now=now,
+                      case_id=case_id, activity=activity)
+
+
 def outbox_row(draft: Draft, raw: bytes, *, message_id: str, now: datetime, case_id: int | None,
                activity: Activity | None) -> OutboundMessage:
     """The outbox row for a composed message; it is sent only after the caller commits."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Config
-from maild.db import transaction
+from maild.db import again_on_conflict, transaction
 from maild.models import Agent, Queue
 
 
@@ -32,10 +31,7 @@ def sync(factory: sessionmaker[Session], config: Config) -> Registry:
     Two workers starting at once on a fresh database may both insert the same queue; the
     loser of that race simply reads what the winner wrote.
     """
-    try:
-        return _sync(factory, config)
-    except IntegrityError:
-        return _sync(factory, config)
+    return again_on_conflict(lambda: _sync(factory, config))
 
 
 def _sync(factory: sessionmaker[Session], config: Config) -> Registry:

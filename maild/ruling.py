@@ -31,10 +31,10 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
     """The rules' verdict on a customer's message, or None when there are no rules."""
     if not rules.creation and not rules.routing:
         return None
-    row = session.execute(select(Case.priority, Case.subject_id).where(Case.id == case.id)).first() if case else None
-    facts = facts_for(mail, queue=queue, customer=_customer(session, mail.sender_email),
-                      case_priority=row[0] if row else None,
-                      case_subject=subjects.path_of(session, row[1]) if row else None,
+    stored = session.get(Case, case.id) if case else None  # loaded with the snapshot: no query
+    facts = facts_for(mail, queue=queue, customer=customer_record(session, mail.sender_email),
+                      case_priority=stored.priority if stored else None,
+                      case_subject=subjects.path_of(session, stored.subject_id) if stored else None,
                       business_hours=calendar.is_open(received_at))
     return evaluate(rules, facts, queue, explain=explain)
 
@@ -42,17 +42,13 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
 def case_facts(session: Session, mail: ParsedMail, queue: str, priority: str, subject_id: int | None,
                business_hours: bool, entitlement: str | None = None) -> Facts:
     """The facts of a message and the case it just opened (for choosing the case's SLA)."""
-    return facts_for(mail, queue=queue, customer=_customer(session, mail.sender_email), case_priority=priority,
+    return facts_for(mail, queue=queue, customer=customer_record(session, mail.sender_email), case_priority=priority,
                      case_subject=subjects.path_of(session, subject_id), business_hours=business_hours,
                      entitlement=entitlement)
 
 
 def customer_record(session: Session, email: str | None) -> Customer:
     """The sender's account and tier from the customer records."""
-    return _customer(session, email)
-
-
-def _customer(session: Session, email: str | None) -> Customer:
     if not email:
         return Customer()
     row = session.execute(

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maild.models import Account, Contact, OutboundMessage, Queue
-from maild.outbox import REFUSAL, Draft, compose, new_message_id, outbox_row
+from maild.outbox import REFUSAL, Draft, enqueue
 from maild.parse import ParsedMail
 from maild.templates import Renderer
 
@@ -56,8 +56,6 @@ def refusal(session: Session, renderer: Renderer, queue: Queue, mail: ParsedMail
         reply_to=queue.address, in_reply_to=mail.message_id,
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
     )
-    message_id = new_message_id(message_id_domain or queue.address.rpartition("@")[2])
-    row = outbox_row(draft, compose(draft, message_id, now).as_bytes(), message_id=message_id, now=now, case_id=None,
-                     activity=None)
+    row = enqueue(draft, now=now, case_id=None, domain=message_id_domain)
     session.add(row)
     return row

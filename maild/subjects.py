@@ -7,10 +7,9 @@ Like queues and agents, subjects are never deleted: old cases still point at the
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild.db import transaction
+from maild.db import again_on_conflict, transaction
 from maild.models import Subject
 from maild.rules.conditions import SEPARATOR
 
@@ -20,10 +19,7 @@ def sync(factory: sessionmaker[Session], paths: tuple[str, ...]) -> dict[str, in
 
     A worker starting at the same moment may create the same node: then read what it wrote.
     """
-    try:
-        return _sync(factory, paths)
-    except IntegrityError:
-        return _sync(factory, paths)
+    return again_on_conflict(lambda: _sync(factory, paths))
 
 
 def _sync(factory: sessionmaker[Session], paths: tuple[str, ...]) -> dict[str, int]:
@@ -50,9 +46,17 @@ def all_paths(session: Session) -> dict[str, int]:
 
 
 def path_of(session: Session, subject_id: int | None) -> str | None:
-    if subject_id is None:
-        return None
-    return next((p for p, i in all_paths(session).items() if i == subject_id), None)
+    """The path of one node, walking up its parents (a few lookups, not the whole tree)."""
+    names: list[str] = []
+    seen: set[int] = set()
+    while subject_id is not None and subject_id not in seen:
+        node = session.get(Subject, subject_id)
+        if node is None:
+            return None
+        seen.add(subject_id)
+        names.append(node.name)
+        subject_id = node.parent_id
+    return SEPARATOR.join(reversed(names)) or None
 
 
 def tree_lines(paths: dict[str, int], defined: tuple[str, ...]) -> list[str]:

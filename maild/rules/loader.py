@@ -36,10 +36,7 @@ class RuleFileError(ConfigError):
         self.problems = problems
 
 
-_Model = Model
-
-
-class FieldSettings(_Model):
+class FieldSettings(Model):
     """Fields a creation rule sets on the new case."""
 
     priority: Priority | Literal["from_headers"] | None = None
@@ -61,16 +58,13 @@ class FieldSettings(_Model):
         return value
 
 
-_Rule = RuleBase
-
-
-class CreationSpec(_Rule):
+class CreationSpec(RuleBase):
     action: CreationAction = "create"
     reason: str | None = None
     set: FieldSettings = FieldSettings()
 
 
-class RoutingSpec(_Rule):
+class RoutingSpec(RuleBase):
     queue: str | None = None
     owner: str | None = None  # an agent
     team: str | None = None  # or a team: one of its agents, by the team's assignment method
@@ -78,7 +72,7 @@ class RoutingSpec(_Rule):
     subject: str | None = None
 
 
-class RuleFile(_Model):
+class RuleFile(Model):
     subjects: tuple[str, ...] = ()  # the subject tree, one path per entry
     creation: tuple[dict[str, Any], ...] = ()
     routing: tuple[dict[str, Any], ...] = ()
@@ -178,7 +172,7 @@ def _load_file(path: Path, known: _Known) -> tuple[list[CreationRule], list[Rout
     return creation, routing, slas, problems
 
 
-def _rule(spec_type: type[_Rule], rule_type: type[Any], raw: dict[str, Any], shown: str, index: str, known: _Known,
+def _rule(spec_type: type[RuleBase], rule_type: type[Any], raw: dict[str, Any], shown: str, index: str, known: _Known,
           problems: list[str]) -> Any:
     label = f"{shown}: {index}" + (f" {raw['name']!r}" if isinstance(raw.get("name"), str) else "")
     try:
@@ -196,7 +190,7 @@ def _rule(spec_type: type[_Rule], rule_type: type[Any], raw: dict[str, Any], sho
     return None if errors else rule_type(spec, condition, f"{shown} {index}")
 
 
-def _references(spec: _Rule, known: _Known) -> list[str]:
+def _references(spec: RuleBase, known: _Known) -> list[str]:
     errors = [f"queues: unknown queue {q!r}; configured: {', '.join(sorted(known.queues))}"
               for q in spec.queues if q not in known.queues]
     subject = spec.set.subject if isinstance(spec, CreationSpec) else getattr(spec, "subject", None)

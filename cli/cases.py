@@ -1,6 +1,8 @@
-"""``maild cases``: list and show cases."""
+"""``maild cases``: list, show and change cases."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -53,13 +55,15 @@ def statuses(state: State) -> None:
 def show(state: State, reference: str, as_json: bool) -> None:
     """Show a case with its activities."""
     with transaction(state.app.factory) as session:
-        view = views.show_case(session, reference)
+        view = views.show_case(session, reference, state.app.config.processes)
+    view["agent_reply_to"] = _agent_address(state, view["reference"], view["queue"])
     if as_json:
         print_json(view)
         return
     for key in ("reference", "title", "status", "status_reason", "queue", "priority", "severity", "subject",
-                "customer_email",
-                "owner", "created_at", "first_response_at", "resolved_at", "previous_case", "merged_into"):
+                "case_type", "process", "stage", "customer_email",
+                "owner", "created_at", "first_response_at", "resolved_at", "previous_case", "merged_into",
+                "agent_reply_to"):
         if view.get(key) is not None:
             click.echo(f"{key.replace('_', ' ') + ':':<19} {view[key]}")
     for hit in view["rules"]:
@@ -82,8 +86,9 @@ def pick(state: State, reference: str, agent: str) -> None:
     """An agent takes an unassigned case from its queue."""
     from maild import casework
 
-    app = state.app
-    click.echo(casework.pick(app.factory, app.registry, reference, agent, actor=actor(), now=app.clock()))
+    ctx, now = state.context(), state.app.clock()
+    click.echo(casework.change(state.app.factory, reference,
+                               lambda s, case: casework.pick(s, ctx, case, agent, actor=actor(), now=now)))
 
 
 @command.command("assign")
@@ -95,9 +100,9 @@ def assign(state: State, reference: str, agent: str | None, queue: str | None) -
     """Assign a case to an agent, or move it to a queue."""
     from maild import casework
 
-    app = state.app
-    click.echo(casework.assign(app.factory, app.registry, reference, agent=agent, queue=queue, actor=actor(),
-                               now=app.clock()))
+    ctx, now = state.context(), state.app.clock()
+    click.echo(casework.change(state.app.factory, reference, lambda s, case: casework.assign(
+        s, ctx, case, agent=agent, queue=queue, actor=actor(), now=now)))
 
 
 @command.command("resolve")
@@ -110,11 +115,10 @@ def resolve(state: State, reference: str, resolution_type: str, narrative: str, 
     """Resolve a case with a resolution type and narrative."""
     from maild import casework
 
-    app = state.app
     minutes = casework.parse_time_spent(time_spent) if time_spent else None
-    click.echo(casework.resolve(app.factory, app.config.cases.status_reasons.all(), reference,
-                                resolution_type=resolution_type, narrative=narrative, minutes=minutes,
-                                actor=actor(), now=app.clock(), cascade=app.config.cases.resolve_children))
+    ctx, now = state.context(), state.app.clock()
+    click.echo(casework.change(state.app.factory, reference, lambda s, case: casework.resolve(
+        s, ctx, case, resolution_type=resolution_type, narrative=narrative, minutes=minutes, actor=actor(), now=now)))
 
 
 @command.command("cancel")
@@ -125,8 +129,9 @@ def cancel(state: State, reference: str, reason: str) -> None:
     """Cancel a case; what it drew from an entitlement is given back."""
     from maild import casework
 
-    app = state.app
-    click.echo(casework.cancel(app.factory, reference, reason=reason, actor=actor(), now=app.clock()))
+    ctx, now = state.context(), state.app.clock()
+    click.echo(casework.change(state.app.factory, reference,
+                               lambda s, case: casework.cancel(s, ctx, case, reason=reason, actor=actor(), now=now)))
 
 
 @command.command("set-status")
@@ -137,12 +142,22 @@ def set_status(state: State, reference: str, reason: str) -> None:
     """Change an active case's status reason; SLA clocks pause or resume as their SLA says."""
     from maild import casework
 
-    app = state.app
-    app.prepare()
-    ctx = app.intake_context()
-    assert ctx.calendar is not None
-    click.echo(casework.set_reason(app.factory, app.config.cases.status_reasons.all(), reference, reason,
-                                   rules=ctx.rules, calendar=ctx.calendar, actor=actor(), now=app.clock()))
+    ctx, now = state.context(), state.app.clock()
+    click.echo(casework.change(state.app.factory, reference,
+                               lambda s, case: casework.set_reason(s, ctx, case, reason, actor=actor(), now=now)))
+
+
+@command.command("set-priority")
+@click.argument("reference")
+@click.argument("priority", type=click.Choice(["low", "normal", "high", "urgent"], case_sensitive=False))
+@pass_state
+def set_priority(state: State, reference: str, priority: str) -> None:
+    """Change a case's priority."""
+    from maild import casework
+
+    ctx, now = state.context(), state.app.clock()
+    click.echo(casework.change(state.app.factory, reference,
+                               lambda s, case: casework.set_priority(s, ctx, case, priority, actor=actor(), now=now)))
 
 
 @command.command("link")
@@ -177,8 +192,11 @@ def reopen(state: State, reference: str, reason: str) -> None:
     """Make a resolved or cancelled case active again."""
     from maild import caselinks
 
-    app = state.app
-    click.echo(caselinks.reopen(app.factory, reference, reason=reason, actor=actor(), now=app.clock()))
+    from maild import casework
+
+    ctx, now = state.context(), state.app.clock()
+    click.echo(casework.change(state.app.factory, reference,
+                               lambda s, case: caselinks.reopen(s, ctx, case, reason=reason, actor=actor(), now=now)))
 
 
 @command.command("history")
@@ -195,3 +213,78 @@ def history(state: State, reference: str, as_json: bool) -> None:
     for e in events:
         e["details"] = ", ".join(f"{k}={v}" for k, v in (e["details"] or {}).items() if v is not None)
     print_table(events, ["at", "actor", "action", "details"], "no history")
+
+
+@command.command("stage")
+@click.argument("reference")
+@click.option("--next", "advance", is_flag=True, help="Move on to the next stage (its fields must be set).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def stage(state: State, reference: str, advance: bool, as_json: bool) -> None:
+    """Show where a case is in its business process flow, or advance it with --next."""
+    from maild import casework, processes
+
+    app = state.app
+    if advance:
+        said = casework.change(app.factory, reference, lambda s, case: processes.advance(
+            s, app.config.processes, case, actor=actor(), now=app.clock()))
+        if not as_json:
+            click.echo(said)
+            return
+    view = processes.show(app.factory, app.config.processes, reference)
+    if as_json:
+        print_json(view)
+    else:
+        _print_stage(view)
+
+
+def _print_stage(view: dict[str, Any]) -> None:
+    if view["process"] is None:
+        click.echo(f"{view['reference']}: no business process flow applies (see [[processes]] in the config)")
+        return
+    click.echo(f"{view['reference']}: process {view['process']}, stage {view['stage']} since {view['entered_at']}")
+    for step in view["stages"]:
+        needs = f"  requires {', '.join(step['requires'])}" if step["requires"] else ""
+        click.echo(f"{'>' if step['current'] else ' '} {step['name']}{needs}")
+    if view["missing"]:
+        click.echo(f"still needed before the next stage: {', '.join(view['missing'])}")
+    elif not view["final"]:
+        click.echo("ready for the next stage (`--next`)")
+
+
+@command.command("set-type")
+@click.argument("reference")
+@click.argument("case_type")
+@pass_state
+def set_type(state: State, reference: str, case_type: str) -> None:
+    """Set a case's type (Question, Problem, Request, ...); it may choose another process flow."""
+    from maild import casework, processes
+
+    app = state.app
+    click.echo(casework.change(app.factory, reference, lambda s, case: processes.set_type(
+        s, app.config.processes, case, case_type, actor=actor(), now=app.clock())))
+
+
+@command.command("to-kb")
+@click.argument("reference")
+@pass_state
+def to_kb(state: State, reference: str) -> None:
+    """Make a draft knowledge article from a resolved case (question, resolution, subject, keywords)."""
+    from maild import casework, knowledge
+
+    app = state.app
+    click.echo(casework.change(app.factory, reference, lambda s, case: (
+        f"article {knowledge.draft_from_case(s, case, author=actor(), now=app.clock()).number} drafted from "
+        f"{case.reference}; edit it with `maild kb edit`, then `maild kb publish`")))
+
+
+def _agent_address(state: State, reference: str, queue: str) -> str | None:
+    """The address an agent writes to for this case: mail to it is relayed and runs commands
+    (maild.replytokens); the customer's own signed address does not prove an agent."""
+    from maild import replytokens
+
+    settings = state.app.config.queues.get(queue)
+    if settings is None:
+        return None
+    key = replytokens.load_key(state.app.config.security.reply_token_key_file)
+    return replytokens.address(settings.addresses[0], reference, key, replytokens.AGENT)

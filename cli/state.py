@@ -16,6 +16,8 @@ from maild import config as config_mod
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from maild.cases import IntakeContext
+
 
 class State:
     def __init__(self, config_path: Path) -> None:
@@ -27,6 +29,12 @@ class State:
         if self._app is None:
             self._app = App(config_mod.load(self.config_path))
         return self._app
+
+    def context(self) -> IntakeContext:
+        """What a change to a case may need besides the case: config, rules, templates (for
+        the mails some changes send), checked as the daemon checks them at start-up."""
+        self.app.prepare()
+        return self.app.intake_context()
 
     def close(self) -> None:
         """Release pooled connections: a long test session must not exhaust PostgreSQL."""

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from maild.rules import RuleSet
     from maild.templates import Renderer
 
-REQUIRED_TEMPLATES = ["acknowledgement", "entitlement_refused", "entitlement_exhausted", "sla_warning", "sla_failure"]
+REQUIRED_TEMPLATES = ["acknowledgement", "entitlement_refused", "entitlement_exhausted", "sla_warning", "sla_failure",
+                      "kb_article"]
 
 
 class App:
@@ -125,8 +126,15 @@ class App:
 
 def required_templates(config: Config) -> list[str]:
     """The templates this configuration sends mail with; checked at start-up and on reload."""
-    refusing = any(q.unknown_senders == "refuse" for q in config.queues.values())
-    return REQUIRED_TEMPLATES + (["unknown_sender"] if refusing else [])
+    queues = config.queues.values()
+    wanted = list(REQUIRED_TEMPLATES)
+    wanted += ["unknown_sender"] if any(q.unknown_senders == "refuse" for q in queues) else []
+    wanted += ["closed_case_reply"] if any(q.on_reply_to_resolved == "keep_closed" for q in queues) else []
+    wanted += ["csat_survey"] if any(q.csat for q in queues) else []
+    wanted += ["agent_command_result"] if config.agents else []
+    kinds = {kind for q in queues for kind in q.notify_agents}
+    wanted += [f"agent_{kind}" for kind in ("new_case", "customer_reply", "assigned") if kind in kinds]
+    return wanted
 
 
 def load_rules(config: Config) -> RuleSet:

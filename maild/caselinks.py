@@ -16,8 +16,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import entitlements, sla
-from maild.cases import audit
-from maild.casework import NotAllowed, locked_case
+from maild.cases import IntakeContext, audit
+from maild.casework import NotAllowed, check_transition, locked_case
 from maild.db import transaction
 from maild.models import ACTIVE, CANCELLED, RESOLVED, Activity, Case, OutboundMessage
 
@@ -65,17 +65,16 @@ def merge(factory: sessionmaker[Session], source_ref: str, target_ref: str, *, a
         return f"{source.reference} merged into {target.reference} ({count} activities moved)"
 
 
-def reopen(factory: sessionmaker[Session], reference: str, *, reason: str, actor: str, now: datetime) -> str:
+def reopen(session: Session, ctx: IntakeContext, case: Case, *, reason: str, actor: str, now: datetime) -> str:
     """Make a resolved or cancelled case active again (not a merged one: its mail lives on elsewhere)."""
-    with transaction(factory) as session:
-        case = locked_case(session, reference)
-        if case.status == ACTIVE:
-            raise NotAllowed(f"case {case.reference} is already active")
-        if case.merged_into_id is not None:
-            target = session.scalar(select(Case.reference).where(Case.id == case.merged_into_id))
-            raise NotAllowed(f"case {case.reference} was merged into {target}; work on that case")
-        before = (case.status, case.status_reason)
-        case.status, case.status_reason, case.resolved_at, case.updated_at = ACTIVE, "In Progress", None, now
-        audit(session, case.id, actor, "reopened", now, previous_status=before[0], previous_reason=before[1],
-              reason=reason)
-        return f"{case.reference} reopened ({before[0]}, {before[1]} -> Active, In Progress)"
+    if case.status == ACTIVE:
+        raise NotAllowed(f"case {case.reference} is already active")
+    if case.merged_into_id is not None:
+        target = session.scalar(select(Case.reference).where(Case.id == case.merged_into_id))
+        raise NotAllowed(f"case {case.reference} was merged into {target}; work on that case")
+    check_transition(ctx, case, "In Progress")
+    before = (case.status, case.status_reason)
+    case.status, case.status_reason, case.resolved_at, case.updated_at = ACTIVE, "In Progress", None, now
+    audit(session, case.id, actor, "reopened", now, previous_status=before[0], previous_reason=before[1],
+          reason=reason)
+    return f"{case.reference} reopened ({before[0]}, {before[1]} -> Active, In Progress)"

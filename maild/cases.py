@@ -18,11 +18,12 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import assignment, attachments, entitlements, participants, replytokens, safety, senders, sla, threader
+from maild import (agentcommands, agentnotices, assignment, attachments, csat, entitlements, knowledge, mailauth,
+                   participants, replytokens, safety, senders, sla, threader)
 from maild.businesshours import BusinessCalendar
-from maild.config import Config
+from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
-from maild.errors import ProcessingError
+from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
     INCOMING_EMAIL,
@@ -50,6 +51,8 @@ from maild.templates import Renderer
 
 # Templates for exhausted entitlements: the customer's refusal, and the notice to config's list.
 EXHAUSTED_TEMPLATE, EXHAUSTED_NOTICE = "entitlement_refused", "entitlement_exhausted"
+# The answer to a customer's reply to a resolved case in a queue that keeps such cases closed.
+CLOSED_TEMPLATE = "closed_case_reply"
 
 # How long a reply may wait for the message it answers to be processed first.
 PARENT_WAIT_LIMIT = timedelta(minutes=10)
@@ -74,16 +77,16 @@ class IntakeContext:
     def data_dir(self) -> Path:
         return self.config.paths.data
 
-    def reply_address(self, queue: Queue, case: Case) -> str:
-        """The signed Reply-To for mail about ``case``; the plain queue address without a key."""
-        return replytokens.address(queue.address, case.reference, self.reply_key) if self.reply_key else queue.address
+    def reply_address(self, queue: Queue, case: Case, role: str = replytokens.CUSTOMER) -> str:
+        """The signed Reply-To for mail about ``case`` (the customer's, or with ``role`` AGENT
+        the one that proves an agent); the plain queue address without a key."""
+        return replytokens.address(queue.address, case.reference, self.reply_key, role) if self.reply_key \
+            else queue.address
 
-    def signed_reference(self, mail: ParsedMail) -> str | None:
+    def signed(self, mail: ParsedMail) -> replytokens.Signed | None:
         if not self.reply_key:
             return None
-        recipients = [a.email for a in (*mail.to, *mail.cc) if a.email]
-        recipients += [v for name in ("delivered-to", "x-original-to") for v in mail.headers.get(name, ())]
-        return replytokens.reference_from(recipients, self.reply_key, self.config.cases.reference_prefix)
+        return replytokens.signed_from(_recipients(mail), self.reply_key, self.config.cases.reference_prefix)
 
     def queue_name(self, queue_id: int) -> str:
         return next((n for n, i in self.registry.queue_ids.items() if i == queue_id), str(queue_id))
@@ -150,7 +153,9 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     if duplicate is not None:
         _finish(inbound, "duplicate", duplicate, now)
         return Outcome("duplicate", _reference(session, duplicate), note=f"Message-ID {mail.message_id} already recorded")
-    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix, ctx.signed_reference(mail))
+    signed = ctx.signed(mail)
+    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix,
+                           signed.reference if signed else None)
     if match is None:
         parent = _parent_in_line(session, mail, inbound, now)
         if parent is not None:
@@ -171,23 +176,21 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
     no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses())
     customer = customer_address(mail)
     acks = _recent_acks(session, customer, now) if (agent is None and no_reply is None and customer) else 0
+    # Only the case's own people can answer its survey.
+    answer = csat.rating(mail.text_stripped) if snapshot is not None and snapshot.survey_open and agent is None \
+        and participants.is_participant(session, snapshot.id, mail.sender_email) else None
     disposition = decide(
         case=snapshot,
         agent=agent.name if agent else None,
         no_reply_reason=no_reply,
         acks_last_hour=acks,
-        policy=_policy(ctx, queue_id),
+        policy=_policy(ctx, snapshot.queue_id if snapshot else queue_id),
         now=now,
+        rating=answer[0] if answer else None,
     )
     if agent is not None:
-        if disposition.action == "agent_reply" and ctx.config.security.agent_verification == "token" \
-                and (match is None or match.via != "reply-token"):
-            # From can be forged; only the case's signed reply address proves it is the agent.
-            return replace(disposition, action="unverified_note",
-                           reason=f"mail from agent address {mail.sender_email} did not come through the case's "
-                           "signed reply address: kept as an unverified internal note, not relayed")
-        return disposition
-    if disposition.action in ("append", "reopen") and disposition.case is not None \
+        return _agent_disposition(ctx, disposition, mail, match, no_reply)
+    if disposition.action in ("append", "reopen", "keep_closed") and disposition.case is not None \
             and not participants.is_participant(session, disposition.case.id, mail.sender_email):
         disposition = _outsider(ctx, disposition, mail, no_reply, acks, queue_id)
     # The safety checks above always ran first; rules can only add to them.
@@ -206,6 +209,49 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
             return replace(disposition, action="refuse", template=EXHAUSTED_TEMPLATE,
                            reason=f"entitlement {charge.entitlement.name!r} is exhausted and refuses new cases")
     return disposition
+
+
+def _agent_disposition(ctx: IntakeContext, d: Disposition, mail: ParsedMail, match: threader.ThreadMatch | None,
+                       no_reply: str | None) -> Disposition:
+    """A configured agent's mail on a case: relayed, or a note, depending on what proves it.
+
+    From can be forged. Proof is the case's signed reply address, or (with trusted servers
+    configured) their Authentication-Results showing DKIM or DMARC passed for the agent's
+    domain. Unproven mail is kept as an unverified note; an agent's auto-reply (out of
+    office) is kept as a note too, so it never reaches the customer or runs commands.
+    """
+    if d.action != "agent_reply":
+        return d
+    proof = _agent_proof(ctx, mail, match)
+    if proof is None:
+        return replace(d, action="unverified_note", label="unverified",
+                       reason=f"mail from agent address {mail.sender_email} did not come through the case's signed "
+                       "reply address (nor with a trusted DKIM/DMARC pass): kept as an unverified internal note, "
+                       "not relayed")
+    if no_reply is not None:
+        return replace(d, action="unverified_note", label="automatic",
+                       reason=f"automatic mail from an agent ({no_reply}): kept as an internal note, not relayed")
+    if ctx.config.comment_queue(_recipients(mail)) is not None:
+        return replace(d, action="agent_note", reason=f"sent to a comment address; verified by {proof}")
+    return replace(d, reason=f"verified by {proof}")
+
+
+def _agent_proof(ctx: IntakeContext, mail: ParsedMail, match: threader.ThreadMatch | None) -> str | None:
+    security = ctx.config.security
+    if security.agent_verification == "from":
+        return "from address"
+    signed = ctx.signed(mail)
+    if match is not None and match.via == "reply-token" and signed is not None and signed.role == replytokens.AGENT:
+        return "signed reply address"  # an agents' address: the customer's own proves nothing
+    domain = (mail.sender_email or "").rpartition("@")[2]
+    found = mailauth.proof(mail.headers.get("authentication-results", ()), security.trusted_authserv_ids, domain)
+    return f"{found}=pass" if found else None
+
+
+def _recipients(mail: ParsedMail) -> list[str]:
+    """Every address the mail was delivered to: To, Cc, and what the MTA recorded."""
+    found = [a.email for a in (*mail.to, *mail.cc) if a.email]
+    return found + [v for name in ("delivered-to", "x-original-to") for v in mail.headers.get(name, ())]
 
 
 def _entitlement(session: Session, mail: ParsedMail, now: datetime) -> entitlements.Charge:
@@ -235,10 +281,14 @@ def customer_address(mail: ParsedMail) -> str | None:
 
 
 def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
+    # A case may sit in a queue that was since removed from config: it gets the defaults.
+    queue = ctx.config.queues.get(ctx.queue_name(queue_id)) or QueueConfig(addresses=("removed@queue.invalid",))
+    window = queue.reopen_window_days if queue.reopen_window_days is not None else ctx.config.cases.reopen_window_days
     return AckPolicy(
-        enabled=ctx.config.acknowledgements.enabled and ctx.config.queues[ctx.queue_name(queue_id)].acknowledge,
+        enabled=ctx.config.acknowledgements.enabled and queue.acknowledge,
         max_per_sender_per_hour=ctx.config.acknowledgements.max_per_sender_per_hour,
-        reopen_window=timedelta(days=ctx.config.cases.reopen_window_days),
+        reopen_window=timedelta(days=window),
+        on_reply_to_resolved=queue.on_reply_to_resolved,
     )
 
 
@@ -275,7 +325,8 @@ def _snapshot(session: Session, case_id: int, lock: bool = True) -> CaseSnapshot
     case = session.get(Case, case_id, with_for_update=lock)
     if case is None:
         raise ProcessingError(f"case {case_id} vanished while threading")
-    return CaseSnapshot(case.id, case.reference, case.status, case.resolved_at)
+    return CaseSnapshot(case.id, case.reference, case.status, case.resolved_at, case.queue_id,
+                        survey_open=case.csat_requested_at is not None and case.csat_score is None)
 
 
 def _reference(session: Session, case_id: int) -> str | None:
@@ -321,6 +372,9 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     if case.entitlement_flag:
         _notify_exhausted(session, ctx, case, now)
     _start_sla(session, ctx, case, mail, charge, now)
+    agentnotices.new_case(session, ctx, case, mail.text_stripped, now)
+    if case.owner is not None:  # routed to an agent by the rules or a team
+        agentnotices.assigned(session, ctx, case, case.owner.name, "rules", now)
     hits = d.rules.matched() if d.rules else []
     activity.rule_hits = hits or None
     actor = f"customer:{contact.email}"
@@ -331,7 +385,8 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
         audit(session, d.case.id, actor, "follow_up_created", now, follow_up=case.reference)
     acknowledged, note = False, d.no_ack_reason
     if d.acknowledge:
-        acknowledged, note = _acknowledge(session, ctx, case, mail, now)
+        acknowledged, note = _acknowledge(session, ctx, case, mail, now,
+                                          suggest=d.rules.fields.suggest_articles if d.rules else 0)
     if not acknowledged:
         audit(session, case.id, "system", "acknowledgement_skipped", now, reason=note)
     _finish(inbound, "created" if d.case is None else "follow_up", case.id, now)
@@ -355,36 +410,109 @@ def _append(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
         assert ctx.calendar is not None
         sla.status_changed(session, case.id, "In Progress", ctx.rules, ctx.calendar, now)
     audit(session, case.id, actor, "email_received", now, inbound_id=inbound.id, message_id=mail.message_id)
+    agentnotices.customer_reply(session, ctx, case, mail.text_stripped, now)
     action = "reopened" if d.action == "reopen" else "threaded"
     _finish(inbound, action, case.id, now)
     return Outcome(action, case.reference)
 
 
-def _relay(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
-           d: Disposition, now: datetime) -> Outcome:
+def _agent_mail(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+                d: Disposition, now: datetime) -> Outcome:
+    """A verified agent's mail: its commands run, then its text goes to the customer unless it
+    is an internal note (``#note`` or the comment address). A bad command does nothing at
+    all: the mail is kept as a note and the agent is told which command was wrong."""
+    from maild import agentmail  # it runs casework, which needs this module loaded first
+
     case = _case(session, d)
-    if case.contact is None:
-        raise ProcessingError(f"case {case.reference} has no customer to relay the agent's reply to")
     agent = ctx.config.agent_for_address(mail.sender_email)
-    assert agent is not None
-    agent_id = ctx.registry.agent_ids.get(agent.name)
+    assert agent is not None and mail.sender_email is not None
+    parsed = agentcommands.parse(mail.text)
+    errors, done = list(parsed.errors), []
+    relay = d.action == "agent_reply" and not parsed.is_note and bool(parsed.body.strip()) and not errors
+    if not errors:
+        try:
+            with session.begin_nested():  # a failing command undoes the ones before it
+                if relay:
+                    _relay(session, ctx, inbound, mail, case, agent.name, parsed, now)
+                narrative = agentcommands.parse(mail.text_stripped).body
+                done = agentmail.run(session, ctx, case, parsed.commands, agent.name, narrative, now)
+        except MaildError as exc:
+            errors, relay = [str(exc)], False
+            session.expire_all()  # the savepoint's changes are gone; reload what is left
+            case = _case(session, d)
+    if not relay:
+        label = "not relayed: command error" if errors else "internal note"
+        _note(session, ctx, case, inbound, mail, label, f"agent:{agent.name}", d.reason or label, now)
+    if parsed.commands or errors:
+        agentmail.report(session, ctx, case, mail.sender_email, done, errors, now)
+    action = "command_error" if errors else ("relayed" if relay else "noted")
+    _finish(inbound, action, case.id, now)
+    if errors:
+        inbound.error = "; ".join(errors)
+    return Outcome(action, case.reference, note="; ".join(errors or done) or (
+        f"to {case.contact.email}" if relay and case.contact else None))
+
+
+def _relay(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail, case: Case, agent: str,
+           parsed: agentcommands.Parsed, now: datetime) -> None:
+    """Send the agent's text to the customer; with commands, the text without their lines (and
+    without the HTML part, which still holds them)."""
+    if case.contact is None:
+        raise MaildError(f"case {case.reference} has no customer to relay the reply to")
     files = tuple(FileAttachment(a.filename, a.content_type, a.content) for a in mail.attachments if not a.inline)
-    in_reply_to, refs = _thread_headers(session, case)
+    in_reply_to, refs = thread_headers(session, case)
     queue = case.queue
     draft = Draft(
-        kind=REPLY, from_name=f"{agent.name} ({queue.display_name})", from_addr=queue.address,
+        kind=REPLY, from_name=f"{agent} ({queue.display_name})", from_addr=queue.address,
         to_name=case.contact.name, to_addr=case.contact.email,
-        subject=tag_subject(f"Re: {case.title}", case.reference), text=mail.text, html=mail.html,
-        reply_to=ctx.reply_address(queue, case), in_reply_to=in_reply_to, references=refs, attachments=files,
+        subject=tag_subject(f"Re: {case.title}", case.reference), text=parsed.body if parsed.commands else mail.text,
+        html=None if parsed.commands else mail.html, reply_to=ctx.reply_address(queue, case), in_reply_to=in_reply_to,
+        references=refs, attachments=files,
     )
-    activity = _outgoing_activity(session, ctx, case, draft, now, agent_id=agent_id, inbound=inbound, mail=mail)
+    activity = outgoing_activity(session, ctx, case, draft, now, agent_id=ctx.registry.agent_ids.get(agent),
+                                  inbound=inbound, mail=mail)
     if case.first_response_at is None:
         case.first_response_at = now
     sla.met(session, case.id, "first_response", now)  # the first agent reply that goes to the customer
-    audit(session, case.id, f"agent:{agent.name}", "agent_reply", now, message_id=activity.message_id,
+    audit(session, case.id, f"agent:{agent}", "agent_reply", now, message_id=activity.message_id,
           inbound_id=inbound.id)
-    _finish(inbound, "relayed", case.id, now)
-    return Outcome("relayed", case.reference, note=f"to {case.contact.email}")
+
+
+def _note(session: Session, ctx: IntakeContext, case: Case, inbound: InboundMessage, mail: ParsedMail, label: str,
+          actor: str, reason: str, now: datetime, action: str = "internal_note") -> None:
+    """Keep a mail on the case as an internal note (never sent to the customer), marked ``label``."""
+    activity = _incoming_activity(session, ctx, case, inbound, mail, now)
+    activity.kind, activity.subject = NOTE, f"[{label}] {mail.subject}"[:998]
+    audit(session, case.id, actor, action, now, inbound_id=inbound.id, label=label, reason=reason)
+
+
+def _keep_closed(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+                 d: Disposition, now: datetime) -> Outcome:
+    """A reply to a resolved case in a queue that keeps such cases closed: filed, answered."""
+    case = _case(session, d)
+    _incoming_activity(session, ctx, case, inbound, mail, now)
+    audit(session, case.id, f"customer:{mail.sender_email}", "reply_to_closed_case", now, inbound_id=inbound.id)
+    to_addr = customer_address(mail)
+    answered = d.acknowledge and to_addr is not None
+    if answered:
+        senders.refusal(session, ctx.renderer, case.queue, mail, to_addr or "", now=now, template=CLOSED_TEMPLATE,
+                        message_id_domain=ctx.config.outgoing.message_id_domain, case=case,
+                        reply_to=ctx.reply_address(case.queue, case))
+    _finish(inbound, "kept_closed", case.id, now)
+    return Outcome("kept_closed", case.reference, note="answered" if answered else f"not answered: {d.no_ack_reason}")
+
+
+def _csat(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+          d: Disposition, now: datetime) -> Outcome:
+    case = _case(session, d)
+    answer = csat.rating(mail.text_stripped)
+    assert answer is not None and d.rating == answer[0]
+    _incoming_activity(session, ctx, case, inbound, mail, now)
+    csat.record(case, answer[0], answer[1], now)
+    audit(session, case.id, f"customer:{mail.sender_email}", "csat_answered", now, score=answer[0],
+          inbound_id=inbound.id)
+    _finish(inbound, "csat", case.id, now)
+    return Outcome("csat", case.reference, note=f"rated {answer[0]}/5")
 
 
 def _quarantine(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
@@ -406,12 +534,10 @@ def _refuse(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
 
 
 def _unverified_note(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
-                    d: Disposition, now: datetime) -> Outcome:
+                     d: Disposition, now: datetime) -> Outcome:
     case = _case(session, d)
-    activity = _incoming_activity(session, ctx, case, inbound, mail, now)
-    activity.kind, activity.subject = NOTE, f"[unverified] {mail.subject}"[:998]
-    audit(session, case.id, f"unverified:{mail.sender_email}", "unverified_agent_mail", now, inbound_id=inbound.id,
-          reason=d.reason)
+    _note(session, ctx, case, inbound, mail, d.label or "unverified", f"unverified:{mail.sender_email}",
+          d.reason or "", now, action="unverified_agent_mail")
     _finish(inbound, "unverified_note", case.id, now)
     return Outcome("unverified_note", case.reference, note=d.reason)
 
@@ -430,7 +556,10 @@ _HANDLERS: dict[str, _Handler] = {
     "follow_up": _create,
     "append": _append,
     "reopen": _append,
-    "agent_reply": _relay,
+    "agent_reply": _agent_mail,
+    "agent_note": _agent_mail,
+    "keep_closed": _keep_closed,
+    "csat": _csat,
     "quarantine": _quarantine,
     "ignore": _ignore,
     "refuse": _refuse,
@@ -542,13 +671,13 @@ def notice(session: Session, ctx: IntakeContext, case: Case, to_addr: str, templ
     """Queue an internal, templated notice about ``case`` (to an agent, a lead, a manager).
 
     The template also sees ``case``, ``queue`` and ``now``; replies to it go to the case's
-    signed address, so an agent can answer straight from the notice.
+    agents' signed address, so an agent can answer the customer straight from the notice.
     """
     queue: Queue = case.queue
     rendered = ctx.renderer.render(template, {"case": case, "queue": queue, "now": now, **context})
     draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=to_addr,
                   subject=tag_subject(rendered.subject or fallback_subject, case.reference), text=rendered.text,
-                  html=rendered.html, reply_to=ctx.reply_address(queue, case), auto_submitted=True)
+                  html=rendered.html, reply_to=ctx.reply_address(queue, case, replytokens.AGENT), auto_submitted=True)
     session.add(enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain))
 
 
@@ -586,7 +715,7 @@ def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound
     return activity
 
 
-def _outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: Draft, now: datetime, *,
+def outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: Draft, now: datetime, *,
                        agent_id: int | None = None, inbound: InboundMessage | None = None,
                        mail: ParsedMail | None = None) -> Activity:
     """Record an outgoing mail on the case and put it in the outbox, under one Message-ID.
@@ -610,7 +739,7 @@ def _outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: 
     return activity
 
 
-def _thread_headers(session: Session, case: Case) -> tuple[str | None, tuple[str, ...]]:
+def thread_headers(session: Session, case: Case) -> tuple[str | None, tuple[str, ...]]:
     """In-Reply-To: the customer's latest mail; References: the case's recent Message-IDs."""
     rows = session.execute(
         select(Activity.message_id, Activity.kind).where(Activity.case_id == case.id, Activity.message_id.is_not(None))
@@ -622,13 +751,14 @@ def _thread_headers(session: Session, case: Case) -> tuple[str | None, tuple[str
 
 
 def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail,
-                 now: datetime) -> tuple[bool, str | None]:
+                 now: datetime, suggest: int = 0) -> tuple[bool, str | None]:
     to_addr = customer_address(mail)
     if to_addr is None:
         return False, "no address to acknowledge"
     queue: Queue = case.queue
+    suggestions = knowledge.suggestions(session, mail.subject, mail.text_stripped, suggest) if suggest else []
     rendered = ctx.renderer.render(ctx.config.acknowledgements.template, {
-        "case": case, "contact": case.contact, "queue": queue, "mail": mail, "now": now,
+        "case": case, "contact": case.contact, "queue": queue, "mail": mail, "now": now, "suggestions": suggestions,
     })
     draft = Draft(
         kind=ACKNOWLEDGEMENT, from_name=queue.display_name, from_addr=queue.address,
@@ -638,7 +768,7 @@ def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedM
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
     )
     try:
-        _outgoing_activity(session, ctx, case, draft, now)
+        outgoing_activity(session, ctx, case, draft, now)
     except ValueError as exc:  # an address the email package refuses to write
         return False, f"cannot address acknowledgement: {exc}"
     return True, None

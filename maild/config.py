@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -164,6 +165,10 @@ class CasesConfig(_Model):
     # linked to it, or "quarantine" it for review. Never appended silently.
     unknown_participant: Literal["new_case", "quarantine"] = "new_case"
     status_reasons: StatusReasonsConfig = StatusReasonsConfig()
+    # Which status reasons a case may move to from a given one ("On Hold" = ["In Progress",
+    # "Cancelled"]); a status name stands for all its reasons. A reason not listed may move
+    # anywhere. Checked for every change an agent or admin makes (CLI and mail commands).
+    transitions: dict[str, tuple[str, ...]] = {}
 
     @model_validator(mode="after")
     def _prefix(self) -> CasesConfig:
@@ -172,6 +177,13 @@ class CasesConfig(_Model):
                 f"reference_prefix: expected 2-10 upper-case letters or digits starting with a letter, "
                 f"got {self.reference_prefix!r}"
             )
+        known = self.status_reasons.all()
+        for source, targets in self.transitions.items():
+            if statuses.status_of(source, known) is None:
+                raise ValueError(f"transitions.{source}: not a status reason (see `maild cases statuses`)")
+            for target in targets:
+                if statuses.status_of(target, known) is None and target.capitalize() not in known:
+                    raise ValueError(f"transitions.{source}: {target!r} is neither a status nor a status reason")
         return self
 
 
@@ -184,6 +196,11 @@ class AcknowledgementConfig(_Model):
 class SecurityConfig(_Model):
     # The secret that signs reply addresses (support+CAS-...-SIG@); created on first use.
     reply_token_key_file: Path = Path("var/reply-token.key")
+    # Mail servers whose Authentication-Results headers maild believes (their authserv-id, e.g.
+    # "mx.example.test"). With any listed, an agent's mail also counts as genuine when such a
+    # header shows dkim=pass or dmarc=pass for the agent's own domain. Only list servers that
+    # remove Authentication-Results headers claiming their id from incoming mail (RFC 8601).
+    trusted_authserv_ids: tuple[NonEmpty, ...] = ()
     # "token": an agent's emailed reply is relayed only if it was sent to the case's signed
     # reply address; "from": trust the From address alone (forgeable; for migrations only).
     agent_verification: Literal["token", "from"] = "token"
@@ -240,6 +257,24 @@ class QueueConfig(_Model):
     # queue's own address, which would come back in as a new message).
     notify: tuple[Email, ...] = ()
     imap: ImapConfig | None = None
+    # A customer's reply to a resolved case: "reopen" it within reopen_window_days (later, a
+    # new linked case), always open a "new_case" linked to it, or "keep_closed": file the mail
+    # on the closed case and answer with the `closed_case_reply` template ("thanks!" mails).
+    on_reply_to_resolved: Literal["reopen", "new_case", "keep_closed"] = "reopen"
+    reopen_window_days: float | None = Field(default=None, ge=0)  # unset: [cases] reopen_window_days
+    # Addresses for agents' internal notes (support-comment@): stored on the case, never relayed.
+    comment_addresses: tuple[Email, ...] = ()
+    # The agents who work this queue (by name): told of new cases when notify_agents says so.
+    agents: tuple[str, ...] = ()
+    # Which mails agents get: "new_case" (to the queue's agents), "customer_reply" (to the
+    # case's owner) and "assigned" (to the new owner, when someone else assigns a case).
+    notify_agents: tuple[Literal["new_case", "customer_reply", "assigned"], ...] = ()
+    # Send a satisfaction survey (template `csat_survey`) when a case is resolved; the
+    # customer answers by replying with a number from 1 to 5.
+    csat: bool = False
+
+    def all_addresses(self) -> tuple[str, ...]:
+        return self.addresses + self.comment_addresses
 
 
 class AgentConfig(_Model):
@@ -299,6 +334,59 @@ class TeamConfig(_Model):
     assignment: Literal["round_robin", "least_loaded"] = "round_robin"
 
 
+# The case fields a stage can require, each a column of Case that is empty until someone sets it.
+StageField = Literal["case_type", "subject", "priority", "severity", "owner", "customer", "account", "parent",
+                     "entitlement"]
+
+
+class StageConfig(_Model):
+    name: str = Field(min_length=1, max_length=100)
+    requires: tuple[StageField, ...] = ()
+
+
+class ProcessConfig(_Model):
+    """A business process flow: the stages a case goes through, for some case types or subjects."""
+
+    name: str = Field(min_length=1)
+    # Which cases follow it: by case type, or by subject path (a subject's descendants too).
+    # With neither it is the default for every case no other process claims.
+    case_types: tuple[NonEmpty, ...] = ()
+    subjects: tuple[str, ...] = ()
+    stages: tuple[StageConfig, ...]
+    require_final_stage_to_resolve: bool = False
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stages(cls, stages: tuple[StageConfig, ...]) -> tuple[StageConfig, ...]:
+        # Checked here, not with min_length: a bad stage would also be reported as "no stages".
+        if not stages:
+            raise ValueError("a process needs at least one stage")
+        names = [s.name.lower() for s in stages]
+        twice = next((s.name for i, s in enumerate(stages) if s.name.lower() in names[:i]), None)
+        if twice is not None:
+            raise ValueError(f"stage {twice!r} is listed twice; stage names are unique within a process")
+        return stages
+
+    @property
+    def is_default(self) -> bool:
+        return not self.case_types and not self.subjects
+
+
+def subject_key(path: str) -> str:
+    """A subject path as compared with the subject tree: "billing>refund" is "Billing > Refund"."""
+    return " > ".join(part.strip() for part in path.split(">")).lower()
+
+
+def _overlap(key: str, value: str, first: str, second: str) -> str:
+    if key == "name":
+        return f"{second}.name: process {value!r} is already defined at {first}"
+    if key == "default":
+        return (f"{second}: a second default process (no case_types and no subjects); {first} is the default "
+                "already; give this one case_types or subjects")
+    what = "case type" if key == "case_types" else "subject"
+    return f"{second}.{key}: {what} {value!r} already belongs to {first}; a case follows one process"
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["plain", "json"] = "plain"
@@ -319,8 +407,23 @@ class Config(_Model):
     queues: dict[str, QueueConfig] = Field(min_length=1)
     agents: tuple[AgentConfig, ...] = ()
     teams: tuple[TeamConfig, ...] = ()
+    processes: tuple[ProcessConfig, ...] = ()
     business_hours: BusinessHoursConfig = BusinessHoursConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("processes")
+    @classmethod
+    def _processes_do_not_overlap(cls, processes: tuple[ProcessConfig, ...]) -> tuple[ProcessConfig, ...]:
+        # Every case must have exactly one process, or its stage would depend on list order.
+        owner: dict[tuple[str, str], str] = {}
+        for i, process in enumerate(processes):
+            claims = [("name", process.name), *(("case_types", t) for t in process.case_types),
+                      *(("subjects", subject_key(s)) for s in process.subjects)]
+            for key, value in claims + ([("default", "")] if process.is_default else []):
+                if (key, value.lower()) in owner:
+                    raise ValueError(_overlap(key, value, owner[key, value.lower()], f"processes.{i}"))
+                owner[key, value.lower()] = f"processes.{i}"
+        return processes
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -328,15 +431,21 @@ class Config(_Model):
         for name, queue in self.queues.items():
             if not _QUEUE_NAME_RE.match(name):
                 raise ValueError(f"queues.{name}: queue names are lower-case letters, digits, - and _")
-            for addr in queue.addresses:
-                if addr in seen:
-                    raise ValueError(f"queues.{name}.addresses: {addr} is already the address of queue {seen[addr]}")
-                seen[addr] = name
+            for key, addrs in (("addresses", queue.addresses), ("comment_addresses", queue.comment_addresses)):
+                for addr in addrs:
+                    if addr in seen:
+                        raise ValueError(f"queues.{name}.{key}: {addr} is already an address of queue {seen[addr]}")
+                    seen[addr] = name
         for i, agent in enumerate(self.agents):
             for addr in agent.emails:
                 if addr in seen:
                     raise ValueError(f"agents.{i}.emails: {addr} is a queue address and cannot be an agent")
         names = {a.name for a in self.agents}
+        for name, queue in self.queues.items():
+            unknown_agents = [a for a in queue.agents if a not in names]
+            if unknown_agents:
+                raise ValueError(f"queues.{name}.agents: unknown agent {unknown_agents[0]!r}; agents are listed in "
+                                 "[[agents]]")
         for i, team in enumerate(self.teams):
             unknown = [a for a in team.agents if a not in names]
             if unknown:
@@ -348,13 +457,13 @@ class Config(_Model):
 
     # Lookups used on every message; computed from frozen data, so cheap to call.
     def queue_for_address(self, address: str) -> str | None:
-        # support+CAS-00001-AB12CD.sig@ is support@: the tag is a signed reply address.
-        local, at, domain = address.strip().lower().partition("@")
-        address = local.split("+", 1)[0] + at + domain
-        for name, queue in self.queues.items():
-            if address in queue.addresses:
-                return name
-        return None
+        address = _untagged(address)
+        return next((n for n, q in self.queues.items() if address in q.all_addresses()), None)
+
+    def comment_queue(self, addresses: Iterable[str]) -> str | None:
+        """The queue whose comment address (signed or not) is among ``addresses``, if any."""
+        plain = {_untagged(a) for a in addresses}
+        return next((n for n, q in self.queues.items() if plain.intersection(q.comment_addresses)), None)
 
     def agent_for_address(self, address: str | None) -> AgentConfig | None:
         if not address:
@@ -363,7 +472,13 @@ class Config(_Model):
         return next((a for a in self.agents if address in a.emails), None)
 
     def own_addresses(self) -> frozenset[str]:
-        return frozenset(a for q in self.queues.values() for a in q.addresses)
+        return frozenset(a for q in self.queues.values() for a in q.all_addresses())
+
+
+def _untagged(address: str) -> str:
+    """support+CAS-00001-AB12CD.sig@ is support@: the tag is a signed reply address."""
+    local, at, domain = address.strip().lower().partition("@")
+    return local.split("+", 1)[0] + at + domain
 
 
 _PATH_KEYS = (("paths", "data"), ("paths", "templates"), ("paths", "rules"), ("outgoing", "maildir"),
@@ -456,7 +571,11 @@ def format_validation_error(file: Path, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        lines.append(f"{file}: {loc or '(top level)'}: {_describe(err)}")
+        problem = _describe(err)
+        if loc and problem.startswith(f"{loc}."):  # a cross-check named the exact key below ``loc`` itself
+            lines.append(f"{file}: {problem}")
+            continue
+        lines.append(f"{file}: {loc or '(top level)'}: {problem}")
     return "\n".join(lines)
 
 

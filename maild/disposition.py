@@ -13,8 +13,8 @@ from typing import Literal
 from maild.models import ACTIVE, RESOLVED
 from maild.rules.engine import RuleResult
 
-Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "quarantine", "ignore", "refuse",
-                 "unverified_note"]
+Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "agent_note", "quarantine", "ignore",
+                 "refuse", "unverified_note", "keep_closed", "csat"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class CaseSnapshot:
     reference: str
     status: str
     resolved_at: datetime | None
+    queue_id: int = 0
+    survey_open: bool = False  # a satisfaction survey went out and is not answered yet
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class AckPolicy:
     enabled: bool
     max_per_sender_per_hour: int
     reopen_window: timedelta
+    # A customer's reply to a resolved case: "reopen" (within the window), "new_case" or "keep_closed".
+    on_reply_to_resolved: str = "reopen"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Disposition:
     reason: str | None = None  # why a message is quarantined or ignored
     rules: RuleResult | None = None  # what the record-creation and routing rules said
     template: str | None = None  # for "refuse": the answer sent to the sender
+    label: str | None = None  # for notes: how the note is marked ("unverified", "automatic")
+    rating: int | None = None  # for "csat": the customer's 1-5 answer
 
 
 def decide(
@@ -53,6 +59,7 @@ def decide(
     acks_last_hour: int,
     policy: AckPolicy,
     now: datetime,
+    rating: int | None = None,
 ) -> Disposition:
     """What to do with one message from a customer (``agent`` None) or from a named agent."""
     if agent is not None:
@@ -67,9 +74,23 @@ def decide(
         return _new_case("create", None, no_reply_reason, acks_last_hour, policy)
     if case.status == ACTIVE:
         return Disposition("append", case)
-    if case.status == RESOLVED and case.resolved_at is not None and now - case.resolved_at <= policy.reopen_window:
+    if case.status == RESOLVED:
+        return _after_resolution(case, no_reply_reason, acks_last_hour, policy, now, rating)
+    # Cancelled: a new case that points back at the old one.
+    return _new_case("follow_up", case, no_reply_reason, acks_last_hour, policy)
+
+
+def _after_resolution(case: CaseSnapshot, no_reply_reason: str | None, acks_last_hour: int, policy: AckPolicy,
+                      now: datetime, rating: int | None) -> Disposition:
+    """A customer's reply to a resolved case: a survey answer, or what the queue's policy says."""
+    if case.survey_open and rating is not None:
+        return Disposition("csat", case, rating=rating)
+    if policy.on_reply_to_resolved == "keep_closed":
+        reason = ack_refusal(no_reply_reason, acks_last_hour, policy)
+        return Disposition("keep_closed", case, acknowledge=reason is None, no_ack_reason=reason)
+    if policy.on_reply_to_resolved == "reopen" and case.resolved_at is not None \
+            and now - case.resolved_at <= policy.reopen_window:
         return Disposition("reopen", case)
-    # Resolved too long ago, or cancelled: a new case that points back at the old one.
     return _new_case("follow_up", case, no_reply_reason, acks_last_hour, policy)
 
 

@@ -162,6 +162,16 @@ class Case(Base):
     entitlement_id: Mapped[int | None] = mapped_column(ForeignKey("entitlement.id"), index=True)
     entitlement_charged: Mapped[int] = mapped_column(default=0, server_default="0")
     entitlement_flag: Mapped[str | None] = mapped_column(String(200))
+    # Question, Problem, Request, ...: with the subject it picks the business process flow.
+    case_type: Mapped[str | None] = mapped_column(String(50))
+    # The case's stage in that process; NULL means its first stage (see maild.processes).
+    stage: Mapped[str | None] = mapped_column(String(100))
+    stage_entered_at: Mapped[datetime | None]
+    # Customer satisfaction: when the survey went out, and the 1-5 answer (maild.csat).
+    csat_requested_at: Mapped[datetime | None]
+    csat_score: Mapped[int | None]
+    csat_comment: Mapped[str | None] = mapped_column(Text)
+    csat_at: Mapped[datetime | None]
 
     contact: Mapped[Contact | None] = relationship()
     queue: Mapped[Queue] = relationship()
@@ -382,3 +392,61 @@ class Counter(Base):
     __tablename__ = "counter"
     name: Mapped[str] = mapped_column(String(50), primary_key=True)
     value: Mapped[int] = mapped_column(Integer)
+
+
+# Knowledge base (maild.knowledge): article states.
+KB_DRAFT, KB_PUBLISHED, KB_ARCHIVED = "draft", "published", "archived"
+
+
+class KbArticle(Base):
+    """A knowledge article: its number, state and usage; the text lives in its versions.
+
+    The search index (SQLite FTS5 table ``kb_fts``, or a generated tsvector column with a GIN
+    index on PostgreSQL)
+    is built by the migration per dialect and kept in step by maild.knowledge.
+    """
+
+    __tablename__ = "kb_article"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(unique=True)
+    # What `kb import` matches a file by (its front matter id, or the file name).
+    slug: Mapped[str | None] = mapped_column(String(200), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default=KB_DRAFT)
+    current_version: Mapped[int] = mapped_column(default=1)
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("subject.id"))
+    language: Mapped[str] = mapped_column(String(20), default="en")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    published_at: Mapped[datetime | None]
+    times_linked: Mapped[int] = mapped_column(default=0, server_default="0")
+    times_sent: Mapped[int] = mapped_column(default=0, server_default="0")
+    times_resolved: Mapped[int] = mapped_column(default=0, server_default="0")
+    helpful_yes: Mapped[int] = mapped_column(default=0, server_default="0")
+    helpful_no: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class KbArticleVersion(Base):
+    """One version of an article's text; editing a published article adds one, old ones stay."""
+
+    __tablename__ = "kb_article_version"
+    __table_args__ = (UniqueConstraint("article_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("kb_article.id"))
+    version: Mapped[int]
+    title: Mapped[str] = mapped_column(String(500))
+    body: Mapped[str] = mapped_column(Text)  # Markdown
+    keywords: Mapped[str] = mapped_column(String(1000), default="")  # comma-separated
+    created_at: Mapped[datetime]
+    author: Mapped[str] = mapped_column(String(200))
+
+
+class KbCaseLink(Base):
+    """An article linked to a case (sent to its customer, or linked by hand)."""
+
+    __tablename__ = "kb_case_link"
+    __table_args__ = (UniqueConstraint("article_id", "case_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("kb_article.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    linked_at: Mapped[datetime]
+    sent: Mapped[bool] = mapped_column(default=False)

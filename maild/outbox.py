@@ -19,6 +19,7 @@ from maild.models import Activity, OutboundMessage
 # REFUSAL: the answer to an unknown sender in a queue that refuses them (maild.senders).
 ACKNOWLEDGEMENT, REPLY, REFUSAL = "acknowledgement", "reply", "refusal"
 NOTICE = "notice"  # internal: e.g. a case opened on an exhausted entitlement
+SURVEY = "survey"  # the satisfaction survey sent on resolution
 
 
 @dataclass(frozen=True)

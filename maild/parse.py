@@ -270,6 +270,9 @@ def _repair_mojibake(text: str) -> str:
 
 def _strip_quoted(text: str) -> str:
     """The latest reply of `text` without quoted history; `text` if nothing is left."""
+    interleaved = _without_quote_lines(text[:_STRIP_LIMIT])
+    if interleaved is not None:
+        return interleaved
     head = text[:_STRIP_LIMIT]
     message = EmailReplyParser(languages=list(_REPLY_LANGUAGES)).read(head)
     if len(text) > len(head) and len(message.replies) < 2:
@@ -277,6 +280,38 @@ def _strip_quoted(text: str) -> str:
         return text
     latest = message.latest_reply
     return latest if isinstance(latest, str) and latest else text
+
+
+def _without_quote_lines(text: str) -> str | None:
+    """A reply written below or between ``>`` quotes (Thunderbird's and mutt's bottom-posting):
+    every line that is not quoted, without the "On ..., X wrote:" line that introduces a quote.
+
+    None when the text has no such quotes, or all new text stands above them (top-posting,
+    Outlook's quote blocks): the reply parser handles those by cutting at the quote header.
+    """
+    lines = text.splitlines()
+    quoted = [line.lstrip().startswith(">") for line in lines]
+    if True not in quoted:
+        return None
+    first = quoted.index(True)
+    if not any(line.strip() for line, q in zip(lines[first:], quoted[first:]) if not q):
+        return None
+    kept: list[str] = []
+    for i, line in enumerate(lines):
+        if quoted[i] or _introduces_quote(lines, quoted, i):
+            continue
+        if line.strip() or (kept and kept[-1].strip()):  # one blank line where a quote was
+            kept.append(line)
+    result = "\n".join(kept).strip()
+    return result or None
+
+
+def _introduces_quote(lines: list[str], quoted: list[bool], i: int) -> bool:
+    """Whether line ``i`` is the attribution ("On ..., Jane wrote:") right before a quote."""
+    if not lines[i].rstrip().endswith(":"):
+        return False
+    following = next((j for j in range(i + 1, len(lines)) if lines[j].strip()), None)
+    return following is not None and quoted[following]
 
 
 def _attachment(item: Mapping[str, Any], raw: bytes) -> ParsedAttachment:

@@ -3,7 +3,12 @@
 Every mail maild sends about a case carries one as its Reply-To. The part after the key is
 an HMAC of the key with a secret only maild knows, so a reply threads onto its case even
 when the client drops the subject and the headers, and nobody can make up the address of
-a case they were never sent: that is what proves an agent's emailed reply is genuine.
+a case they were never sent.
+
+There are two kinds, which look alike: the customer's (on acknowledgements, relayed
+replies, surveys) and the agents' (on notices and confirmations to staff), signed over
+a different message. Both thread; only an agents' address proves that an agent wrote,
+because the customer (and anyone she forwards her mail to) holds her own address.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 import secrets
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,14 +61,24 @@ def _publish(path: Path, content: str) -> None:
         os.unlink(tmp)
 
 
-def signature(key: bytes, reference: str) -> str:
-    digest = hmac.new(key, reference.upper().encode(), hashlib.sha256).digest()
+CUSTOMER, AGENT = "customer", "agent"
+
+
+@dataclass(frozen=True)
+class Signed:
+    reference: str
+    role: str  # CUSTOMER or AGENT: whose mail the address was put on
+
+
+def signature(key: bytes, reference: str, role: str = CUSTOMER) -> str:
+    message = reference.upper() if role == CUSTOMER else f"{role}:{reference.upper()}"
+    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()
     return base64.b32encode(digest).decode().lower()[:SIG_CHARS]
 
 
-def address(queue_address: str, reference: str, key: bytes) -> str:
+def address(queue_address: str, reference: str, key: bytes, role: str = CUSTOMER) -> str:
     local, _, domain = queue_address.partition("@")
-    return f"{local}+{reference}.{signature(key, reference)}@{domain}"
+    return f"{local}+{reference}.{signature(key, reference, role)}@{domain}"
 
 
 @lru_cache(maxsize=8)
@@ -70,10 +86,20 @@ def _pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"\+({re.escape(prefix)}-\d+-[A-Z0-9]+)\.([a-z2-7]+)@", re.IGNORECASE)
 
 
-def reference_from(addresses: Iterable[str], key: bytes, prefix: str) -> str | None:
-    """The case key of the first correctly signed reply address among ``addresses``."""
+def signed_from(addresses: Iterable[str], key: bytes, prefix: str) -> Signed | None:
+    """The case key and kind of the first correctly signed reply address among ``addresses``."""
     for addr in addresses:
         m = _pattern(prefix).search(addr)
-        if m and hmac.compare_digest(m.group(2).lower(), signature(key, m.group(1))):
-            return m.group(1).upper()
+        if m is None:
+            continue
+        reference, given = m.group(1).upper(), m.group(2).lower()
+        for role in (CUSTOMER, AGENT):
+            if hmac.compare_digest(given, signature(key, reference, role)):
+                return Signed(reference, role)
     return None
+
+
+def reference_from(addresses: Iterable[str], key: bytes, prefix: str) -> str | None:
+    """The case key of the first correctly signed reply address among ``addresses``."""
+    signed = signed_from(addresses, key, prefix)
+    return signed.reference if signed else None

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild.models import Account, Contact, OutboundMessage, Queue
+from maild.models import Account, Case, Contact, OutboundMessage, Queue
 from maild.outbox import REFUSAL, Draft, enqueue
 from maild.parse import ParsedMail
 from maild.templates import Renderer
@@ -46,16 +46,18 @@ def account_for_domain(session: Session, domain: str | None, now: datetime) -> A
 
 
 def refusal(session: Session, renderer: Renderer, queue: Queue, mail: ParsedMail, to_addr: str, *,
-            message_id_domain: str | None, now: datetime, template: str = REFUSAL_TEMPLATE) -> OutboundMessage:
-    """Queue the templated answer to a refused sender (no case: the row stands alone)."""
-    rendered = renderer.render(template, {"queue": queue, "mail": mail, "now": now})
+            message_id_domain: str | None, now: datetime, template: str = REFUSAL_TEMPLATE,
+            case: Case | None = None, reply_to: str | None = None) -> OutboundMessage:
+    """Queue a templated automatic answer: to a refused sender (no case: the row stands
+    alone), or to a reply on a case that stays closed (``case``)."""
+    rendered = renderer.render(template, {"queue": queue, "mail": mail, "now": now, "case": case})
     draft = Draft(
         kind=REFUSAL, from_name=queue.display_name, from_addr=queue.address,
         to_name=mail.sender.name if mail.sender else "", to_addr=to_addr,
         subject=rendered.subject or f"Re: {mail.subject}", text=rendered.text, html=rendered.html,
-        reply_to=queue.address, in_reply_to=mail.message_id,
+        reply_to=reply_to or queue.address, in_reply_to=mail.message_id,
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
     )
-    row = enqueue(draft, now=now, case_id=None, domain=message_id_domain)
+    row = enqueue(draft, now=now, case_id=case.id if case else None, domain=message_id_domain)
     session.add(row)
     return row

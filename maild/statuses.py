@@ -23,3 +23,21 @@ def status_of(reason: str, reasons: dict[str, tuple[str, ...]]) -> str | None:
         if reason.lower() in (n.lower() for n in names):
             return status
     return None
+
+
+def transition_refusal(transitions: dict[str, tuple[str, ...]], reasons: dict[str, tuple[str, ...]],
+                       source: str, target: str) -> str | None:
+    """Why ``[cases] transitions`` forbids moving from reason ``source`` to ``target``, or None.
+
+    A listed target may be a reason or a whole status ("Resolved" allows every resolution).
+    A source reason that is not listed may move anywhere.
+    """
+    allowed = next((v for k, v in transitions.items() if k.lower() == source.lower()), None)
+    if allowed is None:
+        return None
+    target_status = status_of(target, reasons)
+    for entry in allowed:
+        if entry.lower() == target.lower() or (target_status and entry.lower() == target_status.lower()):
+            return None
+    return (f"{source} -> {target} is not an allowed transition ([cases.transitions] allows {source} -> "
+            f"{', '.join(allowed) or 'nothing'})")

@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from maild import subjects
 from maild.errors import NotFound
-from maild.config import Config
+from maild.config import Config, ProcessConfig
 from maild.models import ACTIVE, Activity, AuditEvent, Case, InboundMessage, MailboxState, OutboundMessage, Queue
+from maild.processes import current_stage
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -92,7 +93,8 @@ def activity_view(activity: Activity) -> dict[str, Any]:
     }
 
 
-def show_case(session: Session, reference: str) -> dict[str, Any]:
+def show_case(session: Session, reference: str, processes: tuple[ProcessConfig, ...] = ()) -> dict[str, Any]:
+    """One case with its activities and audit trail; ``processes`` places it in its business process flow."""
     case = session.scalar(
         select(Case)
         .where(Case.reference == reference.upper())
@@ -117,6 +119,8 @@ def show_case(session: Session, reference: str) -> dict[str, Any]:
         "severity": case.severity,
         "origin": case.origin,
         "subject": subjects.path_of(session, case.subject_id),
+        "case_type": case.case_type,
+        **_flow(session, case, processes),
         # Why the case went where it went: the rules that matched when it was created.
         "rules": next((a.rule_hits for a in case.activities if a.rule_hits), []),
         "activities": [activity_view(a) for a in case.activities],
@@ -126,6 +130,11 @@ def show_case(session: Session, reference: str) -> dict[str, Any]:
         ],
     })
     return view
+
+
+def _flow(session: Session, case: Case, processes: tuple[ProcessConfig, ...]) -> dict[str, str | None]:
+    at = current_stage(session, case, processes)
+    return {"process": at.process.name if at else None, "stage": at.stage.name if at else None}
 
 
 def inbound_summary(row: InboundMessage, queue: str) -> dict[str, Any]:

@@ -149,6 +149,20 @@ def test_reply_token_key_is_created_once_privately_and_plus_addresses_map_to_que
     assert reference_from([signed.replace("CAS-00042", "CAS-00043")], key, "CAS") is None
 
 
+def test_customer_and_agent_reply_addresses_differ_and_say_which_they_are(tmp_path: Path) -> None:
+    from maild.replytokens import AGENT, CUSTOMER, Signed, address, signed_from
+
+    key = b"k" * 64
+    customers = address("support@example.test", "CAS-00042-ABC123", key)
+    agents = address("support@example.test", "CAS-00042-ABC123", key, AGENT)
+    assert customers != agents and agents.startswith("support+CAS-00042-ABC123.")
+    assert signed_from([customers], key, "CAS") == Signed("CAS-00042-ABC123", CUSTOMER)
+    assert signed_from([agents], key, "CAS") == Signed("CAS-00042-ABC123", AGENT)
+    other_case = address("support@example.test", "CAS-00043-ABC123", key, AGENT)
+    assert signed_from([agents.replace("00042", "00043")], key, "CAS") is None, "a signature fits one case"
+    assert signed_from([other_case], key, "CAS") == Signed("CAS-00043-ABC123", AGENT)
+
+
 def test_workers_starting_together_share_one_reply_token_key(tmp_path: Path) -> None:
     import threading
 

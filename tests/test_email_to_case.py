@@ -171,8 +171,9 @@ def test_agent_reply_is_relayed_to_the_customer(env: Env) -> None:
     env.ok("run", "--once")
     ref = _only_case(env)["reference"]
     [ack] = env.peer.wait_for(1)
-    reply_to = ack.message["Reply-To"].addresses[0].addr_spec  # what her mail client answers to
+    reply_to = env.json("cases", "show", ref)["agent_reply_to"]  # on every notice to agents
     assert reply_to.startswith(f"support+{ref}.") and reply_to.endswith("@example.test")
+    assert reply_to != ack.message["Reply-To"].addresses[0].addr_spec, "not the customer's address"
     agent_mail = mail(subject=f"Re: Printer on fire [{ref}]", sender="Alice Agent <alice@example.test>",
                       body="Please unplug it first.\n\n> Help, my printer is on fire.\n", to=reply_to,
                       headers={"In-Reply-To": ack.message["Message-ID"]})
@@ -202,18 +203,19 @@ def test_a_forged_agent_reply_is_kept_as_an_unverified_note_and_not_relayed(env:
     ref = _only_case(env)["reference"]
     [ack] = env.peer.wait_for(1)
     forged_token = f"support+{ref}.aaaaaaaaaa@example.test"  # the right shape, the wrong signature
-    for to in ("support@example.test", forged_token):  # the key in the subject, From alice: not enough
+    customers = ack.message["Reply-To"].addresses[0].addr_spec  # she holds it: it proves no agent
+    for to in ("support@example.test", forged_token, customers):  # the key in the subject, From alice: not enough
         env.inject(mail(subject=f"Re: [{ref}] refund approved", sender="Alice Agent <alice@example.test>",
                         body="Refund of 5000 EUR approved, send your bank details.\n", to=to))
     env.ok("run", "--once")
     assert len(env.peer.received) == 1, "nothing relayed to the customer"
     shown = env.json("cases", "show", ref)
     notes = [a for a in shown["activities"] if a["kind"] == "note"]
-    assert len(notes) == 2 and all(n["subject"].startswith("[unverified]") for n in notes)
-    assert sum(e["action"] == "unverified_agent_mail" for e in shown["audit"]) == 2
+    assert len(notes) == 3 and all(n["subject"].startswith("[unverified]") for n in notes)
+    assert sum(e["action"] == "unverified_agent_mail" for e in shown["audit"]) == 3
     assert shown["first_response_at"] is None
     outcomes = [r["outcome"] for r in env.json("inbound", "list")]
-    assert outcomes.count("unverified_note") == 2
+    assert outcomes.count("unverified_note") == 3
 
 
 def test_a_reply_to_the_signed_address_threads_without_subject_or_headers(env: Env) -> None:

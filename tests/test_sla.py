@@ -15,7 +15,7 @@ from maild import config as config_mod
 from maild.app import App
 from maild.daemon import run_once
 from maild.escalation import act
-from maild.replytokens import address, load_key
+from maild.replytokens import AGENT, address, load_key
 from maild.sla import SlaRunner
 from maild.transport import MemoryTransport
 
@@ -90,7 +90,7 @@ def test_the_gold_customer_example_from_the_seeds(make_env, tmp_path: Path) -> N
     key = load_key(config_mod.load(env.config).security.reply_token_key_file)
     env.inject(mail(subject=f"Re: [{case['reference']}] printer on fire", sender="Alice <alice@example.test>",
                     body="Unplug it, please.\n", headers={"In-Reply-To": "<fire@customer.test>"},
-                    to=address("support@example.test", case["reference"], key)))
+                    to=address("support@example.test", case["reference"], key, AGENT)))
     app = app_at(env, T0 + timedelta(minutes=5))
     run_once(app, MemoryTransport())
     app.close()
@@ -137,14 +137,15 @@ def test_pause_stops_the_clock_and_resume_moves_the_due_time(make_env, tmp_path:
     run_once(app, MemoryTransport())
     ref = env.json("cases", "list")[0]["reference"]
     ctx = app.intake_context()
-    assert ctx.calendar is not None
-    reasons = app.config.cases.status_reasons.all()
-    casework.set_reason(app.factory, reasons, ref, "Waiting for Details", rules=ctx.rules, calendar=ctx.calendar,
-                        actor="test", now=T0 + timedelta(minutes=5))
+
+    def set_reason(reason: str, now: datetime) -> None:
+        casework.change(app.factory, ref, lambda s, case: casework.set_reason(s, ctx, case, reason, actor="test",
+                                                                             now=now))
+
+    set_reason("Waiting for Details", T0 + timedelta(minutes=5))
     assert kpis(env)["first_response"][0] == "Paused"
     assert sweep(env, T0 + timedelta(hours=3)) == 0, "a paused clock never fires"
-    casework.set_reason(app.factory, reasons, ref, "In Progress", rules=ctx.rules, calendar=ctx.calendar,
-                        actor="test", now=T0 + timedelta(hours=1))
+    set_reason("In Progress", T0 + timedelta(hours=1))
     app.close()
     first = next(k for k in env.json("sla", "explain", ref)["kpis"] if k["kpi"] == "first_response")
     # 5 minutes used before the pause: 10 left from the resume.

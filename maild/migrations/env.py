@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from maild.db import in_models
 from maild.models import Base
 
 config = context.config
@@ -15,6 +16,7 @@ with engine.connect() as connection:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
         compare_type=True,
+        include_name=in_models,  # the per-database search index is not in the models
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -46,6 +46,8 @@ class FieldSettings(Model):
     subject: str | None = None  # a path from the subject tree: "Billing > Refund"
     # A sender new to the customer records also gets an account for their company domain.
     account_from_domain: bool = False
+    # The acknowledgement suggests up to this many published knowledge articles (maild.knowledge).
+    suggest_articles: int = Field(default=0, ge=0, le=10)
 
     @field_validator("title")
     @classmethod

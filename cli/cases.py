@@ -68,6 +68,8 @@ def show(state: State, reference: str, as_json: bool) -> None:
             click.echo(f"{key.replace('_', ' ') + ':':<19} {view[key]}")
     for hit in view["rules"]:
         click.echo(f"{'rule:':<19} {hit['kind']} {hit['rule']!r} ({hit['origin']}): {'; '.join(hit['conditions'])}")
+    for art in view["articles"]:
+        click.echo(f"{'article:':<19} {art['number']} {art['title']!r} ({'sent' if art['sent'] else 'linked'})")
     for act in view["activities"]:
         click.echo(f"\n--- {act['kind'].replace('_', ' ')} {act['created_at']}  from {act['from']}  to {act['to']}")
         click.echo(f"    subject: {act['subject']}")

@@ -261,8 +261,9 @@ def search(session: Session, query: str, *, limit: int = 10, state: str | None =
 def suggestions(session: Session, subject: str | None, message: str | None, most: int) -> list[dict[str, Any]]:
     """The ``most`` published articles that best match a customer's message: its most used
     terms (the subject's count twice), any of which may match."""
-    tally = Tally(t for t in terms(f"{subject or ''} {subject or ''} {(message or '')[:8000]}")
-                  if t not in _STOPWORDS and len(t) > 2)
+    # Every word of the message counts (terms() keeps only a query's first 32).
+    words_in = (t.lower() for t in _TERM.findall(f"{subject or ''} {subject or ''} {(message or '')[:8000]}"))
+    tally = Tally(t for t in words_in if t not in _STOPWORDS and len(t) > 2)
     words = [t for t, _ in tally.most_common(12)]
     return search(session, " ".join(words), limit=most, any_term=True) if words and most > 0 else []
 
@@ -320,6 +321,18 @@ def link(session: Session, art: KbArticle, case: Case, now: datetime, *, sent: b
     session.add(KbCaseLink(article_id=art.id, case_id=case.id, linked_at=now, sent=sent))
     art.times_linked = KbArticle.times_linked + 1
     return True
+
+
+def linked(session: Session, case_id: int) -> list[dict[str, Any]]:
+    """The articles linked to a case (for ``maild cases show``), in the order they were linked."""
+    rows = session.execute(
+        select(KbArticle.number, KbArticleVersion.title, KbCaseLink.sent, KbCaseLink.linked_at)
+        .join(KbArticle, KbArticle.id == KbCaseLink.article_id)
+        .join(KbArticleVersion, (KbArticleVersion.article_id == KbArticle.id)
+              & (KbArticleVersion.version == KbArticle.current_version))
+        .where(KbCaseLink.case_id == case_id).order_by(KbCaseLink.id)
+    ).all()
+    return [{"number": n, "title": t, "sent": bool(sent), "linked_at": at.isoformat()} for n, t, sent, at in rows]
 
 
 def on_resolve(session: Session, case: Case) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import case as when_then, func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from maild import subjects
+from maild import knowledge, subjects
 from maild.errors import NotFound
 from maild.config import Config, ProcessConfig
 from maild.models import ACTIVE, Activity, AuditEvent, Case, InboundMessage, MailboxState, OutboundMessage, Queue
@@ -121,6 +121,7 @@ def show_case(session: Session, reference: str, processes: tuple[ProcessConfig, 
         "subject": subjects.path_of(session, case.subject_id),
         "case_type": case.case_type,
         **_flow(session, case, processes),
+        "articles": knowledge.linked(session, case.id),
         # Why the case went where it went: the rules that matched when it was created.
         "rules": next((a.rule_hits for a in case.activities if a.rule_hits), []),
         "activities": [activity_view(a) for a in case.activities],

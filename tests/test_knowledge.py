@@ -80,6 +80,9 @@ def test_an_article_is_sent_to_the_customer_linked_and_counted(env: Env) -> None
     case = env.json("cases", "show", ref)
     assert [a["subject"] for a in case["activities"] if a["kind"] == "outgoing_email"][-1] == msg["Subject"]
     assert case["first_response_at"] is not None
+    assert case["articles"] == [{"number": n, "title": "Printer fire checklist", "sent": True,
+                                 "linked_at": case["articles"][0]["linked_at"]}]
+    assert f"article:            {n} 'Printer fire checklist' (sent)" in env.ok("cases", "show", ref)
     env.ok("kb", "send", str(n), "--case", ref)
     counts = article(env, n)
     assert (counts["times_sent"], counts["times_linked"], counts["times_resolved"]) == (2, 1, 0)

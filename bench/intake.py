@@ -97,6 +97,8 @@ class Options:
     maild: Path
     keep: bool
     profile: Path | None
+    suggest: int = 0  # knowledge articles a rule adds to every acknowledgement (0: the feature is off)
+    articles: int = 1000  # published articles seeded when suggest > 0
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -115,13 +117,17 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--keep", action="store_true", help="keep the temp installation (config, logs, SQLite db)")
     p.add_argument("--profile", type=Path, help="inject mode: run `run --once` under cProfile, write stats here "
                    "(the figures then include profiler overhead)")
+    p.add_argument("--suggest", type=int, default=0, choices=range(0, 11), metavar="N",
+                   help="a rule adds up to N knowledge articles to every acknowledgement (default 0: off)")
+    p.add_argument("--articles", type=int, default=1000,
+                   help="with --suggest: published articles seeded from the corpus's own text (default 1000)")
     a = p.parse_args(argv)
     if a.messages < 2 or a.clients < 1 or a.customers < 1 or a.timeout <= 0:
         p.error("--messages must be >= 2, --clients and --customers >= 1, --timeout > 0")
     if a.profile and a.mode != "inject":
         p.error("--profile is for --mode inject (the daemon's work runs in threads cProfile does not see)")
     return Options(a.mode, a.messages, a.clients, a.customers, a.database_url, a.seed, a.timeout, a.output,
-                   a.maild, a.keep, a.profile)
+                   a.maild, a.keep, a.profile, a.suggest, a.articles)
 
 
 class Deadline:
@@ -522,8 +528,14 @@ def create_install(opts: Options, stack: ExitStack, deadline: Deadline, extra: s
         db_url, database = f"sqlite:///{path / 'maild.db'}", "sqlite"
     port = free_port()
     config = path / "config.toml"
+    rules = REPO / "rules"
+    if opts.suggest:  # one rule for every message: suggest articles in the acknowledgement
+        rules = path / "rules"
+        rules.mkdir()
+        (rules / "suggest.toml").write_text(
+            f'[[creation]]\nname = "suggest articles"\nset = {{ suggest_articles = {opts.suggest} }}\n')
     config.write_text(CONFIG.format(
-        db_url=db_url, templates=(REPO / "templates").as_posix(), rules=(REPO / "rules").as_posix(),
+        db_url=db_url, templates=(REPO / "templates").as_posix(), rules=rules.as_posix(),
         smtp_enabled="true" if opts.mode == "smtp" else "false", port=port, ack_limit=opts.messages + 1,
     ) + extra)
     install = Install(path, config, db_url, database, port, opts.maild)
@@ -965,6 +977,10 @@ def benchmark(opts: Options, deadline: Deadline) -> Result:
         install = create_install(opts, stack, deadline)
         engine = sa.create_engine(install.db_url)
         stack.callback(engine.dispose)  # before the schema is dropped: no connection may hold it
+        if opts.suggest:
+            seed_articles(install, corpus, opts.articles)
+            print(f"seeded {opts.articles} published knowledge articles; each acknowledgement suggests up to "
+                  f"{opts.suggest}")
         if opts.mode == "smtp":
             result = run_smtp(opts, install, corpus, engine, stack, deadline)
         else:
@@ -973,6 +989,30 @@ def benchmark(opts: Options, deadline: Deadline) -> Result:
         if problems:
             raise BenchError("the run is not trustworthy:\n  " + "\n  ".join(problems))
         return result
+
+
+def seed_articles(install: Install, corpus: list[Generated], count: int) -> None:
+    """Publish ``count`` articles made of the corpus's own subjects and text, so suggestions
+    find real matches (what a knowledge base grown from these cases would hold)."""
+    from email import message_from_bytes, policy
+
+    from maild import knowledge
+    from maild.app import load_app
+    from maild.db import transaction
+
+    app = load_app(install.config)
+    now = datetime.now(UTC)
+    try:
+        with transaction(app.factory) as session:
+            for i in range(count):
+                msg = message_from_bytes(corpus[i % len(corpus)].raw, policy=policy.default)
+                part = msg.get_body(("plain", "html"))
+                body = str(part.get_content()) if part is not None else ""
+                text = knowledge.Text(title=f"{msg['Subject']} ({i})", body=body or "(empty)")
+                knowledge.set_state(session, knowledge.add(session, text, author="bench", now=now), "published",
+                                    now=now)
+    finally:
+        app.close()
 
 
 def main(argv: list[str] | None = None) -> int:

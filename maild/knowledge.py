@@ -267,7 +267,20 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
     words_in = (t.lower() for t in _TERM.findall(f"{subject or ''} {subject or ''} {(message or '')[:8000]}"))
     tally = Tally(t for t in words_in if t not in _STOPWORDS and len(t) > 2)
     words = [t for t, _ in tally.most_common(12)]
+    if session.get_bind().dialect.name == "sqlite":
+        words = _rarest(session, words)
     return search(session, " ".join(words), limit=most, any_term=True) if words and most > 0 else []
+
+
+def _rarest(session: Session, words: list[str], keep: int = 5) -> list[str]:
+    """The ``keep`` words found in the fewest articles (and in at least one): they say the most
+    about a message, and a search by them scores a few matches instead of half the knowledge
+    base (FTS5 ranks every match of an OR query). Term counts come from ``kb_fts_terms``."""
+    # One lookup per word, as a range: fts5vocab answers a range from the index, while "=" and
+    # "IN" make it count every term of the knowledge base.
+    lookup = text("SELECT doc FROM kb_fts_terms WHERE term >= :w AND term <= :w")
+    counts = [(session.scalar(lookup, {"w": w}) or 0, i, w) for i, w in enumerate(words)]
+    return [w for doc, _, w in sorted(counts) if doc > 0][:keep]
 
 
 def _excerpt(body: str, size: int = 200) -> str:

@@ -178,3 +178,24 @@ def test_suggest_articles_is_checked_when_the_rules_load(make_env, tmp_path: Pat
     env: Env = make_env(rules=folder.as_posix())
     result = env.cli("rules", "check")
     assert result.exit_code != 0 and "suggest_articles" in result.output
+
+
+def test_suggestions_search_by_a_messages_most_telling_words(env: Env) -> None:
+    from maild import knowledge
+    from maild.app import load_app
+    from maild.db import transaction
+
+    common = [add(env, f"Printer tip {i}", "The printer needs paper and toner.") for i in range(8)]
+    fuser = add(env, "Printer fuser replacement", "Replace the fuser when pages smear.")
+    app = load_app(env.config)
+    try:
+        with transaction(app.factory) as session:
+            message = "My printer printer printer smears pages; the fuser, maybe? printer again."
+            [first, *_] = knowledge.suggestions(session, "printer trouble", message, 3)
+            assert first["number"] == fuser, "the article with the rare word the message carries"
+            if session.get_bind().dialect.name == "sqlite":  # term counts from kb_fts_terms
+                words = knowledge._rarest(session, ["printer", "fuser", "nowhere", "toner"])
+                assert words == ["fuser", "toner", "printer"], "rarest first; words in no article dropped"
+    finally:
+        app.close()
+    assert len(common) == 8

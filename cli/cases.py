@@ -79,7 +79,6 @@ def show(state: State, reference: str, as_json: bool) -> None:
         click.echo((act["text"] or "").rstrip())
 
 
-
 @command.command("pick")
 @click.argument("reference")
 @click.option("--agent", required=True, help="The agent taking the case.")
@@ -88,9 +87,7 @@ def pick(state: State, reference: str, agent: str) -> None:
     """An agent takes an unassigned case from its queue."""
     from maild import casework
 
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference,
-                               lambda s, case: casework.pick(s, ctx, case, agent, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: casework.pick(s, ctx, case, agent, actor=actor(), now=now))
 
 
 @command.command("assign")
@@ -102,9 +99,8 @@ def assign(state: State, reference: str, agent: str | None, queue: str | None) -
     """Assign a case to an agent, or move it to a queue."""
     from maild import casework
 
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference, lambda s, case: casework.assign(
-        s, ctx, case, agent=agent, queue=queue, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: casework.assign(
+        s, ctx, case, agent=agent, queue=queue, actor=actor(), now=now))
 
 
 @command.command("resolve")
@@ -118,9 +114,8 @@ def resolve(state: State, reference: str, resolution_type: str, narrative: str, 
     from maild import casework
 
     minutes = casework.parse_time_spent(time_spent) if time_spent else None
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference, lambda s, case: casework.resolve(
-        s, ctx, case, resolution_type=resolution_type, narrative=narrative, minutes=minutes, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: casework.resolve(
+        s, ctx, case, resolution_type=resolution_type, narrative=narrative, minutes=minutes, actor=actor(), now=now))
 
 
 @command.command("cancel")
@@ -131,9 +126,8 @@ def cancel(state: State, reference: str, reason: str) -> None:
     """Cancel a case; what it drew from an entitlement is given back."""
     from maild import casework
 
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference,
-                               lambda s, case: casework.cancel(s, ctx, case, reason=reason, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: casework.cancel(s, ctx, case, reason=reason, actor=actor(),
+                                                                     now=now))
 
 
 @command.command("set-status")
@@ -144,9 +138,8 @@ def set_status(state: State, reference: str, reason: str) -> None:
     """Change an active case's status reason; SLA clocks pause or resume as their SLA says."""
     from maild import casework
 
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference,
-                               lambda s, case: casework.set_reason(s, ctx, case, reason, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: casework.set_reason(s, ctx, case, reason, actor=actor(),
+                                                                         now=now))
 
 
 @command.command("set-priority")
@@ -157,9 +150,8 @@ def set_priority(state: State, reference: str, priority: str) -> None:
     """Change a case's priority."""
     from maild import casework
 
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference,
-                               lambda s, case: casework.set_priority(s, ctx, case, priority, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: casework.set_priority(s, ctx, case, priority, actor=actor(),
+                                                                           now=now))
 
 
 @command.command("link")
@@ -194,11 +186,8 @@ def reopen(state: State, reference: str, reason: str) -> None:
     """Make a resolved or cancelled case active again."""
     from maild import caselinks
 
-    from maild import casework
-
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference,
-                               lambda s, case: caselinks.reopen(s, ctx, case, reason=reason, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: caselinks.reopen(s, ctx, case, reason=reason, actor=actor(),
+                                                                      now=now))
 
 
 @command.command("history")

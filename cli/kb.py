@@ -180,12 +180,9 @@ def search(state: State, query: str, limit: int, all_states: bool, as_json: bool
 @pass_state
 def send(state: State, number: int, reference: str) -> None:
     """Mail a published article to a case's customer and link it to the case."""
-    from maild import casework, knowledge
+    from maild import knowledge
 
-
-    ctx, now = state.context(), state.app.clock()
-    click.echo(casework.change(state.app.factory, reference,
-                               lambda s, case: knowledge.send(s, ctx, case, number, actor=actor(), now=now)))
+    state.change(reference, lambda s, ctx, case, now: knowledge.send(s, ctx, case, number, actor=actor(), now=now))
 
 
 @command.command("import")

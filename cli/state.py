@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,9 +15,15 @@ from maild.app import App
 from maild import config as config_mod
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from rich.console import Console
+    from sqlalchemy.orm import Session
 
     from maild.cases import IntakeContext
+    from maild.models import Case
+
+    CaseChange = Callable[[Session, IntakeContext, Case, datetime], str]
 
 
 class State:
@@ -35,6 +42,14 @@ class State:
         the mails some changes send), checked as the daemon checks them at start-up."""
         self.app.prepare()
         return self.app.intake_context()
+
+    def change(self, reference: str, apply: CaseChange) -> None:
+        """Run one change on the locked case ``reference`` in its own transaction, with the
+        intake context and the time, and print what it did."""
+        from maild import casework
+
+        ctx, now = self.context(), self.app.clock()
+        click.echo(casework.change(self.app.factory, reference, lambda session, case: apply(session, ctx, case, now)))
 
     def close(self) -> None:
         """Release pooled connections: a long test session must not exhaust PostgreSQL."""

@@ -7,7 +7,6 @@ a savepoint so that a command that fails undoes the ones before it.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from maild.cases import IntakeContext
 
 RESULT_TEMPLATE = "agent_command_result"
-_TIME_SPENT = re.compile(r"^(?:\d+h)?(?:\d+m)?$|^\d+$", re.IGNORECASE)
 
 
 def run(session: Session, ctx: IntakeContext, case: Case, commands: tuple[Command, ...], agent: str,
@@ -56,8 +54,11 @@ def _run_one(session: Session, ctx: IntakeContext, case: Case, c: Command, agent
 def _resolution(argument: str) -> tuple[str, int | None]:
     """``Problem Solved 45m`` -> ("Problem Solved", 45): a trailing duration is the time spent."""
     words = argument.split()
-    if len(words) > 1 and _TIME_SPENT.match(words[-1]):
-        return " ".join(words[:-1]), casework.parse_time_spent(words[-1])
+    if len(words) > 1:
+        try:
+            return " ".join(words[:-1]), casework.parse_time_spent(words[-1])
+        except MaildError:
+            pass  # the last word is part of the resolution type
     return argument, None
 
 

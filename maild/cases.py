@@ -153,9 +153,7 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     if duplicate is not None:
         _finish(inbound, "duplicate", duplicate, now)
         return Outcome("duplicate", _reference(session, duplicate), note=f"Message-ID {mail.message_id} already recorded")
-    signed = ctx.signed(mail)
-    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix,
-                           signed.reference if signed else None)
+    match = find_thread(session, ctx, mail)
     if match is None:
         parent = _parent_in_line(session, mail, inbound, now)
         if parent is not None:
@@ -165,6 +163,14 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     if match is not None and outcome.via is None and outcome.action != "quarantined":
         outcome = Outcome(outcome.action, outcome.reference, match.via, outcome.acknowledged, outcome.note)
     return outcome
+
+
+def find_thread(session: Session, ctx: IntakeContext, mail: ParsedMail) -> threader.ThreadMatch | None:
+    """The case ``mail`` continues, as intake finds it (its signed reply address first);
+    ``maild rules test`` and ``rules replay`` thread the same way."""
+    signed = ctx.signed(mail)
+    return threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix,
+                          signed.reference if signed else None)
 
 
 def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, match: threader.ThreadMatch | None,
@@ -667,17 +673,19 @@ def _notify_exhausted(session: Session, ctx: IntakeContext, case: Case, now: dat
 
 
 def notice(session: Session, ctx: IntakeContext, case: Case, to_addr: str, template: str, context: dict[str, Any],
-           fallback_subject: str, now: datetime) -> None:
-    """Queue an internal, templated notice about ``case`` (to an agent, a lead, a manager).
+           fallback_subject: str, now: datetime, *, kind: str = NOTICE, role: str = replytokens.AGENT,
+           to_name: str = "") -> None:
+    """Queue an automatic, templated mail about ``case``: by default an internal notice (to
+    an agent, a lead, a manager), or with ``kind`` and ``role`` one to the customer (a survey).
 
-    The template also sees ``case``, ``queue`` and ``now``; replies to it go to the case's
-    agents' signed address, so an agent can answer the customer straight from the notice.
+    The template also sees ``case``, ``queue`` and ``now``. Replies go to the case's signed
+    address for ``role``: the agents' one lets an agent answer the customer from a notice.
     """
     queue: Queue = case.queue
     rendered = ctx.renderer.render(template, {"case": case, "queue": queue, "now": now, **context})
-    draft = Draft(kind=NOTICE, from_name=queue.display_name, from_addr=queue.address, to_name="", to_addr=to_addr,
+    draft = Draft(kind=kind, from_name=queue.display_name, from_addr=queue.address, to_name=to_name, to_addr=to_addr,
                   subject=tag_subject(rendered.subject or fallback_subject, case.reference), text=rendered.text,
-                  html=rendered.html, reply_to=ctx.reply_address(queue, case, replytokens.AGENT), auto_submitted=True)
+                  html=rendered.html, reply_to=ctx.reply_address(queue, case, role), auto_submitted=True)
     session.add(enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain))
 
 

@@ -14,8 +14,8 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from maild.models import Agent, Case, Queue
-from maild.outbox import SURVEY, Draft, enqueue
-from maild.refkeys import tag_subject
+from maild.outbox import SURVEY
+from maild.replytokens import CUSTOMER
 
 if TYPE_CHECKING:
     from maild.cases import IntakeContext
@@ -45,17 +45,13 @@ def rating(text: str | None) -> tuple[int, str] | None:
 
 def request(session: Session, ctx: IntakeContext, case: Case, now: datetime) -> None:
     """Queue the survey for a just-resolved case, when its queue asks for surveys."""
-    queue: Queue = case.queue
-    settings = ctx.config.queues.get(queue.name)
+    from maild.cases import notice  # maild.cases imports this module
+
+    settings = ctx.config.queues.get(case.queue.name)
     if settings is None or not settings.csat or case.contact is None:
         return
-    rendered = ctx.renderer.render(SURVEY_TEMPLATE, {"case": case, "contact": case.contact, "queue": queue,
-                                                     "now": now})
-    draft = Draft(kind=SURVEY, from_name=queue.display_name, from_addr=queue.address, to_name=case.contact.name,
-                  to_addr=case.contact.email,
-                  subject=tag_subject(rendered.subject or f"How did we do? {case.title}", case.reference),
-                  text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case), auto_submitted=True)
-    session.add(enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain))
+    notice(session, ctx, case, case.contact.email, SURVEY_TEMPLATE, {"contact": case.contact},
+           f"How did we do? {case.title}", now, kind=SURVEY, role=CUSTOMER, to_name=case.contact.name)
     case.csat_requested_at, case.csat_score, case.csat_comment, case.csat_at = now, None, None, None
 
 

@@ -1,6 +1,6 @@
 """What intake would do with one message, computed from what is stored, with nothing written.
 
-``maild rules test`` prints it. It runs the same functions as intake (threader.match,
+``maild rules test`` prints it. It runs the same functions as intake (cases.find_thread,
 cases.plan, ruling.new_case_fields), only reading, so what it shows is what will happen.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import senders, threader
-from maild.cases import IntakeContext, StoreLookup, customer_address, plan
+from maild import senders
+from maild.cases import IntakeContext, customer_address, find_thread, plan
 from maild.models import Case
 from maild.parse import ParsedMail
 from maild.ruling import NEW_CASE_ACTIONS, customer_record, new_case_fields
@@ -52,7 +52,7 @@ class Explanation:
 
 def explain(session: Session, ctx: IntakeContext, mail: ParsedMail, queue: str, now: datetime) -> Explanation:
     queue_id = ctx.registry.queue_id(queue)
-    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix)
+    match = find_thread(session, ctx, mail)
     d = plan(session, ctx, mail, queue_id, match, now, lock=False, explain=True)
     result = d.rules
     case = None

@@ -58,9 +58,10 @@ class Text:
     language: str | None = None
 
 
-def terms(query: str) -> list[str]:
-    """The search terms in ``query``: its words, lower-cased (both databases tokenise so)."""
-    return [t.lower() for t in _TERM.findall(query)][:32]
+def terms(query: str, most: int | None = 32) -> list[str]:
+    """The search terms in ``query``: its words, lower-cased (both databases tokenise so);
+    the first ``most`` of them (None: all)."""
+    return [t.lower() for t in _TERM.findall(query)][:most]
 
 
 def keywords_of(*texts: str | None, title: str, most: int = 5) -> str:
@@ -263,8 +264,7 @@ def search(session: Session, query: str, *, limit: int = 10, state: str | None =
 def suggestions(session: Session, subject: str | None, message: str | None, most: int) -> list[dict[str, Any]]:
     """The ``most`` published articles that best match a customer's message: its most used
     terms (the subject's count twice), any of which may match."""
-    # Every word of the message counts (terms() keeps only a query's first 32).
-    words_in = (t.lower() for t in _TERM.findall(f"{subject or ''} {subject or ''} {(message or '')[:8000]}"))
+    words_in = terms(f"{subject or ''} {subject or ''} {(message or '')[:8000]}", most=None)  # every word counts
     tally = Tally(t for t in words_in if t not in _STOPWORDS and len(t) > 2)
     words = [t for t, _ in tally.most_common(12)]
     if session.get_bind().dialect.name == "sqlite":
@@ -276,11 +276,14 @@ def _rarest(session: Session, words: list[str], keep: int = 5) -> list[str]:
     """The ``keep`` words found in the fewest articles (and in at least one): they say the most
     about a message, and a search by them scores a few matches instead of half the knowledge
     base (FTS5 ranks every match of an OR query). Term counts come from ``kb_fts_terms``."""
-    # One lookup per word, as a range: fts5vocab answers a range from the index, while "=" and
-    # "IN" make it count every term of the knowledge base.
-    lookup = text("SELECT doc FROM kb_fts_terms WHERE term >= :w AND term <= :w")
-    counts = [(session.scalar(lookup, {"w": w}) or 0, i, w) for i, w in enumerate(words)]
-    return [w for doc, _, w in sorted(counts) if doc > 0][:keep]
+    if not words:
+        return []
+    # A range per word, in one statement: fts5vocab answers a range from the index, while "="
+    # and "IN" make it count every term of the knowledge base.
+    sql = " UNION ALL ".join(f"SELECT {i} AS i, doc FROM kb_fts_terms WHERE term >= :w{i} AND term <= :w{i}"
+                             for i in range(len(words)))
+    counts = session.execute(text(sql), {f"w{i}": w for i, w in enumerate(words)}).all()
+    return [words[i] for doc, i in sorted((doc, i) for i, doc in counts) if doc > 0][:keep]
 
 
 def _excerpt(body: str, size: int = 200) -> str:

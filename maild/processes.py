@@ -75,6 +75,8 @@ def missing_fields(stage: StageConfig, case: Case) -> list[str]:
 
 def current_stage(session: Session, case: Case, processes: tuple[ProcessConfig, ...]) -> Position | None:
     """The case's process and stage; None when no process applies to it."""
+    if not processes:  # the usual case: no subject lookup on every resolve and `cases show`
+        return None
     process = process_for(processes, case.case_type, subjects.path_of(session, case.subject_id))
     if process is None:
         return None

@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild import threader
-from maild.cases import IntakeContext, StoreLookup, plan
+from maild.cases import IntakeContext, find_thread, plan
 from maild.errors import MaildError, ParseError
 from maild.models import PROCESSED, QUARANTINED, AuditEvent, Case, InboundMessage
 from maild.parse import parse
@@ -114,7 +113,7 @@ def _after(session: Session, ctx: IntakeContext, row: InboundMessage, now: datet
         mail = parse(row.raw)
     except ParseError as exc:
         return f"quarantined (cannot parse: {exc})", None, None, ""
-    match = threader.match(mail, StoreLookup(session), ctx.config.cases.reference_prefix)
+    match = find_thread(session, ctx, mail)
     d = plan(session, ctx, mail, row.queue_id, match, now, lock=False, received_at=row.received_at)
     rule = (d.rules.routing_rule or d.rules.creation_rule) if d.rules else None
     if d.action in NEW_CASE_ACTIONS:

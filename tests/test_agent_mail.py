@@ -212,3 +212,21 @@ def test_the_agent_who_takes_a_case_by_mail_is_not_told_about_it(make_env) -> No
     [confirmation] = env.peer.wait_for(1)
     assert confirmation.message["Subject"].strip().startswith("Done:"), "a confirmation, not an assignment notice"
     assert env.json("cases", "show", ref)["owner"] == "Alice Agent"
+
+
+def test_rules_test_threads_by_the_signed_address_as_intake_does(env: Env, tmp_path: Any) -> None:
+    ref, _ = open_case(env)
+    eml = tmp_path / "reply.eml"
+    # No key in the subject and no thread headers: only the signed address ties it to the case.
+    eml.write_bytes(mail(subject="(no subject)", to=f"support+{ref}.x@example.test"))
+    assert env.json("rules", "test", str(eml))["outcome"].startswith("create"), "a wrong signature threads nothing"
+    eml.write_bytes(mail(subject="(no subject)", to=_customer_address(env, ref)))
+    out = env.json("rules", "test", str(eml))
+    assert ref in str(out) and not out["outcome"].startswith("create"), out["outcome"]
+
+
+def _customer_address(env: Env, ref: str) -> str:
+    from maild import config, replytokens
+
+    key = replytokens.load_key(config.load(env.config).security.reply_token_key_file)
+    return replytokens.address("support@example.test", ref, key)

@@ -54,11 +54,11 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 
 def _register() -> None:
-    from maild.cli import (cases, customers, db, entitlements, inbound, inject, kb, mailboxes, outbox, queues,
-                           report, rules, run, sla, subjects)
+    from maild.cli import (cases, customers, db, entitlements, export, inbound, init, inject, kb, mailboxes,
+                           mailimport, outbox, queues, report, rules, run, sla, subjects)
 
-    for module in (db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers, subjects,
-                   entitlements, sla, report, kb):
+    for module in (init, db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers, subjects,
+                   entitlements, sla, report, kb, mailimport, export):
         cli.add_command(module.command)
 
 

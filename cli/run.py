@@ -5,17 +5,22 @@ from __future__ import annotations
 import click
 
 from maild import logs
+from maild.config import Config
 from maild.cli.state import State, pass_state
 
 
 @click.command("run")
 @click.option("--once", is_flag=True, help="Process everything pending, send the outbox, and exit.")
+@click.option("--no-listen", is_flag=True,
+              help="Start no SMTP/LMTP listener: an extra worker beside one that listens (PostgreSQL).")
 @pass_state
-def command(state: State, once: bool) -> None:
+def command(state: State, once: bool, no_listen: bool) -> None:
     """Run maild: listen for mail, turn it into cases, and send what is due."""
     from maild.daemon import Daemon, run_once  # the runners and the SMTP server: only `run` needs them
 
     app = state.app
+    if no_listen:
+        app.config = _without_listener(app.config)
     logs.setup(app.config.logging)
     app.lock_single_process()
     app.prepare()
@@ -24,3 +29,9 @@ def command(state: State, once: bool) -> None:
         click.echo(f"processed {processed} inbound message(s), sent {sent} outgoing message(s)")
         return
     Daemon(app).serve_forever()
+
+
+def _without_listener(config: Config) -> Config:
+    """The config with [intake.smtp] switched off: only one process on a host can bind its port."""
+    smtp = config.intake.smtp.model_copy(update={"enabled": False})
+    return config.model_copy(update={"intake": config.intake.model_copy(update={"smtp": smtp})})

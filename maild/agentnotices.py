@@ -51,6 +51,8 @@ def _send(session: Session, ctx: IntakeContext, case: Case, agent: str, kind: st
           now: datetime, by: str | None = None) -> None:
     from maild.cases import notice  # maild.cases calls this module while it writes a case
 
+    if ctx.historical:  # imported history: the agents saw it in the old system
+        return
     address = next((a.emails[0] for a in ctx.config.agents if a.name == agent), None)
     if address is not None:
         notice(session, ctx, case, address, TEMPLATES[kind], {"agent": agent, "text": text, "by": by}, subject, now)

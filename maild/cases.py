@@ -18,8 +18,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import (agentcommands, agentnotices, assignment, attachments, csat, entitlements, knowledge, mailauth,
-                   participants, replytokens, safety, senders, sla, threader)
+from maild import (agentcommands, agentnotices, assignment, attachments, csat, entitlements, historical, knowledge,
+                   mailauth, participants, replytokens, safety, senders, sla, threader)
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
@@ -68,6 +68,7 @@ class IntakeContext:
     rules: RuleSet = field(default_factory=RuleSet)
     reply_key: bytes = b""  # signs reply addresses (maild.replytokens); empty: none are made
     calendar: BusinessCalendar | None = None  # built once from config.business_hours when missing
+    historical: bool = False  # imported history (maild.historical): sends nothing, starts no clocks
 
     def __post_init__(self) -> None:
         if self.calendar is None:
@@ -149,6 +150,7 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     inbound = session.get(InboundMessage, inbound_id, with_for_update=True)
     if inbound is None or inbound.state != RECEIVED:
         return Outcome("skipped", note="already handled by another worker")
+    ctx, now = historical.view(ctx, inbound, now)  # imported mail keeps its own date
     duplicate = _duplicate_case(session, mail.message_id)
     if duplicate is not None:
         _finish(inbound, "duplicate", duplicate, now)
@@ -209,7 +211,7 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
             and not senders.is_known(session, mail.sender_email):
         return replace(disposition, action="refuse",
                        reason=f"unknown sender: queue {queue} takes new cases only from known customers")
-    if disposition.action in NEW_CASE_ACTIONS:
+    if disposition.action in NEW_CASE_ACTIONS and not ctx.historical:  # history draws on no entitlement
         charge = _entitlement(session, mail, now)
         if charge.refuse and charge.entitlement is not None:
             return replace(disposition, action="refuse", template=EXHAUSTED_TEMPLATE,
@@ -228,6 +230,8 @@ def _agent_disposition(ctx: IntakeContext, d: Disposition, mail: ParsedMail, mat
     """
     if d.action != "agent_reply":
         return d
+    if ctx.historical:  # long sent: never relayed again, its commands never run
+        return replace(d, action="unverified_note", label="imported", reason=historical.NOTHING_SENT)
     proof = _agent_proof(ctx, mail, match)
     if proof is None:
         return replace(d, action="unverified_note", label="unverified",
@@ -292,6 +296,7 @@ def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
     window = queue.reopen_window_days if queue.reopen_window_days is not None else ctx.config.cases.reopen_window_days
     return AckPolicy(
         enabled=ctx.config.acknowledgements.enabled and queue.acknowledge,
+        historical=ctx.historical,
         max_per_sender_per_hour=ctx.config.acknowledgements.max_per_sender_per_hour,
         reopen_window=timedelta(days=window),
         on_reply_to_resolved=queue.on_reply_to_resolved,
@@ -373,7 +378,8 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     contact = _contact_for(session, mail, now, policy)
     case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, d)
     activity = _incoming_activity(session, ctx, case, inbound, mail, now)
-    charge = entitlements.check(session, contact.id, contact.account_id, "email", now.date())
+    charge = entitlements.Charge(None, False) if ctx.historical else \
+        entitlements.check(session, contact.id, contact.account_id, "email", now.date())
     entitlements.attach(session, case, charge, now, f"customer:{contact.email}")
     if case.entitlement_flag:
         _notify_exhausted(session, ctx, case, now)
@@ -654,7 +660,7 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
 
 def _start_sla(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail, charge: entitlements.Charge,
                now: datetime) -> None:
-    if not ctx.rules.slas:
+    if not ctx.rules.slas or ctx.historical:
         return
     assert ctx.calendar is not None
     queue = ctx.queue_name(case.queue_id)

@@ -8,11 +8,12 @@ config works from any current directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Iterable
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from maild import statuses
+from maild import reportschedule, statuses
 from maild.errors import ConfigError
 
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
@@ -392,6 +393,56 @@ class LoggingConfig(_Model):
     format: Literal["plain", "json"] = "plain"
 
 
+_AGE_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class MetricsConfig(_Model):
+    """``maild run`` serving Prometheus ``/metrics`` and ``/healthz`` over HTTP; off unless ``listen`` is set."""
+
+    # "127.0.0.1:9464" or "[::1]:9464". Loopback only: the endpoints have no authentication.
+    listen: str | None = None
+    # /healthz fails when a mailbox has not polled successfully for this long: "10m", "1h30m", "30s".
+    health_max_poll_age: str = "10m"
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+    @field_validator("health_max_poll_age")
+    @classmethod
+    def _age(cls, value: str) -> str:
+        m = _AGE_RE.match(value.strip())
+        if not value.strip() or not m or not any(m.groups()):
+            raise ValueError(f"expected a duration like 10m, 1h30m or 30s, got {value!r}")
+        return value.strip()
+
+    @property
+    def max_poll_age(self) -> timedelta:
+        m = _AGE_RE.match(self.health_max_poll_age)
+        assert m is not None  # checked on load
+        h, mins, secs = (int(g or 0) for g in m.groups())
+        return timedelta(hours=h, minutes=mins, seconds=secs)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) -> (host, port); only loopback hosts are accepted."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise ValueError(f"expected host:port like \"127.0.0.1:9464\", got {value!r}")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"{host} is not a loopback address; /metrics and /healthz have no authentication, "
+                         "so maild serves them on 127.0.0.1 or [::1] only (put a proxy in front to publish them)")
+    return host, int(port)
+
+
 class Config(_Model):
     """The whole validated configuration. ``source`` is the file it came from."""
 
@@ -410,6 +461,8 @@ class Config(_Model):
     processes: tuple[ProcessConfig, ...] = ()
     business_hours: BusinessHoursConfig = BusinessHoursConfig()
     logging: LoggingConfig = LoggingConfig()
+    reports: tuple[reportschedule.ScheduledReport, ...] = ()  # scheduled report mails
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("processes")
     @classmethod
@@ -450,6 +503,7 @@ class Config(_Model):
             unknown = [a for a in team.agents if a not in names]
             if unknown:
                 raise ValueError(f"teams.{i}.agents: unknown agent {unknown[0]!r}; agents are listed in [[agents]]")
+        reportschedule.check(self.reports, self.queues)
         return self
 
     def team(self, name: str) -> TeamConfig | None:

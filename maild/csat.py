@@ -59,11 +59,15 @@ def record(case: Case, score: int, comment: str, now: datetime) -> None:
     case.csat_score, case.csat_comment, case.csat_at = score, comment[:2000] or None, now
 
 
-def report(session: Session, since: datetime | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Surveys sent, answers, and the average score, per queue and per owning agent."""
+def report(session: Session, since: datetime | None = None, *,
+           until: datetime | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Surveys sent (from ``since``, before ``until``), answers, and the average score, per
+    queue and per owning agent."""
     where: list[ColumnElement[bool]] = [Case.csat_requested_at.is_not(None)]
     if since is not None:
         where.append(Case.csat_requested_at >= since)
+    if until is not None:
+        where.append(Case.csat_requested_at < until)
     columns = (func.count(Case.id), func.count(Case.csat_score), func.avg(Case.csat_score))
     per_queue = session.execute(select(Queue.name, *columns).join(Queue, Queue.id == Case.queue_id).where(*where)
                                 .group_by(Queue.name).order_by(Queue.name)).all()

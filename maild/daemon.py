@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from maild import config as config_mod
-from maild import escalation
+from maild import escalation, httpd, metrics
 from maild.app import App, load_rules, required_templates
 from maild.cases import IntakeContext
 from maild.dispatch import DispatchRunner
@@ -26,6 +26,7 @@ from maild.intake.imap import ImapPoller
 from maild.intake.smtp import IntakeController, IntakeHandler
 from maild.liveness import Presence, ReaperRunner, presence_for, reap, worker_id
 from maild.processing import IntakeRunner
+from maild.reportmail import ReportMailRunner
 from maild.runner import Runner
 from maild.sla import SlaRunner
 from maild.templates import Renderer
@@ -49,8 +50,10 @@ class Daemon:
         self.reaper = ReaperRunner(app.factory, self.presence, clock=app.clock)
         self.sla = SlaRunner(app.factory, lambda: self._context().rules, self._act, clock=app.clock)
         self.runners: list[Runner] = [self.intake, self.dispatch, *self.pollers, self.reaper, self.sla]
+        self.runners += [ReportMailRunner(app.factory, app.config, lambda: self._context().renderer, clock=app.clock)]
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
+        self._http: httpd.HttpServer | None = None
         self.stopped = threading.Event()
 
     def _context(self) -> IntakeContext:
@@ -61,6 +64,7 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.app.config
+        self._start_http()  # first: a port already taken stops the daemon before it takes any mail
         if cfg.intake.smtp.enabled:
             handler = IntakeHandler(cfg, self.app.registry, self.app.factory, on_stored=self.intake.poke,
                                     clock=self.app.clock, lmtp=cfg.intake.smtp.protocol == "lmtp")
@@ -87,8 +91,19 @@ class Daemon:
             runner.stop()
         for t in self._threads:
             t.join()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        metrics.activate(None)
         self.stopped.set()
         log.info("maild stopped")
+
+    def _start_http(self) -> None:
+        served = httpd.serve(self.app)
+        if served is not None:
+            counters, self._http = served
+            metrics.activate(counters)
+            self._http.start()
 
     def reload(self) -> None:
         """Re-read templates and rules; on any error keep the running ones, and log why.
@@ -172,6 +187,7 @@ def _drain(app: App, transport: Transport, presence: Presence) -> tuple[int, int
     sweeper = SlaRunner(app.factory, lambda: ctx.rules, escalation.act(ctx), clock=app.clock)
     while sweeper.run_once() > 0:
         pass
+    ReportMailRunner(app.factory, app.config, lambda: ctx.renderer, clock=app.clock).run_once()
     while (n := dispatch.run_once()) > 0:
         sent += n
     return processed, sent

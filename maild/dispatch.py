@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from maild import metrics
 from maild.clock import Clock, utcnow
 from maild.config import OutgoingConfig
 from maild.db import transaction
@@ -91,12 +92,15 @@ class DispatchRunner(Runner):
         try:
             self.transport.send(envelope)
         except PermanentFailure as exc:
+            metrics.send_failed(permanent=True)
             self._finish(row_id, FAILED, f"permanent failure: {exc}")
             log.error("outbox %d %s: permanent failure, not retrying: %s", row_id, message_id, exc)
         except (TemporaryFailure, OSError) as exc:
+            metrics.send_failed(permanent=False)
             self._retry_later(row_id, attempts, str(exc))
         else:
             self._finish(row_id, SENT, None)
+            metrics.sent()
             log.info("outbox %d %s: sent to %s", row_id, message_id, ", ".join(envelope.rcpt_to))
 
     def _finish(self, row_id: int, state: str, error: str | None) -> None:

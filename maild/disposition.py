@@ -36,6 +36,7 @@ class AckPolicy:
     reopen_window: timedelta
     # A customer's reply to a resolved case: "reopen" (within the window), "new_case" or "keep_closed".
     on_reply_to_resolved: str = "reopen"
+    historical: bool = False  # imported history (maild.historical): nothing is ever sent
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def _new_case(
 
 def ack_refusal(no_reply_reason: str | None, acks_last_hour: int, policy: AckPolicy) -> str | None:
     """Why no acknowledgement may go out, or None when one should."""
+    if policy.historical:
+        return "historical import: no acknowledgement for imported mail"
     if not policy.enabled:
         return "acknowledgements are disabled for this queue"
     if no_reply_reason is not None:

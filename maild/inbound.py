@@ -37,6 +37,7 @@ class Claimed:
     queue_id: int
     raw: bytes
     attempts: int
+    received_at: datetime | None = None  # for the processing-latency metric
 
 
 def header_message_id(raw: bytes) -> str | None:
@@ -150,7 +151,7 @@ def claim(
             row.attempts += 1
             row.claimed_until = now + lease
             row.claimed_by = worker
-        return [Claimed(r.id, r.queue_id, r.raw, r.attempts) for r in rows]
+        return [Claimed(r.id, r.queue_id, r.raw, r.attempts, r.received_at) for r in rows]
 
 
 def _give_up_on_poison(session: Session, now: datetime, max_attempts: int) -> None:

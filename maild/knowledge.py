@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -251,39 +252,77 @@ def search(session: Session, query: str, *, limit: int = 10, state: str | None =
     relevance = {int(i): float(r) for i, r in session.execute(text(sql), params)}
     if not relevance:
         return []
+    a, v = KbArticle, KbArticleVersion
+    # Only the columns a result shows, and the head of the body for its excerpt: loading whole
+    # articles as ORM objects cost more than the search itself.
     found = session.execute(
-        select(KbArticle, KbArticleVersion).join(KbArticleVersion, (KbArticleVersion.article_id == KbArticle.id)
-                                                 & (KbArticleVersion.version == KbArticle.current_version))
-        .where(KbArticle.id.in_(relevance))).all()
-    scored = sorted(((relevance[a.id] * boost(a), a, v) for a, v in found), key=lambda x: (-x[0], x[1].number))
-    return [{"number": a.number, "title": v.title, "keywords": v.keywords, "state": a.state,
-             "excerpt": _excerpt(v.body), "score": round(score, 6), "times_resolved": a.times_resolved}
-            for score, a, v in scored[:limit]]
+        select(a.id, a.number, a.state, a.times_resolved, a.helpful_yes, a.helpful_no, v.title, v.keywords,
+               func.substr(v.body, 1, _EXCERPT_HEAD))
+        .join(v, (v.article_id == a.id) & (v.version == a.current_version)).where(a.id.in_(relevance))).all()
+    scored = sorted(((relevance[r.id] * boost(r.times_resolved, r.helpful_yes, r.helpful_no), r) for r in found),
+                    key=lambda x: (-x[0], x[1].number))
+    return [{"number": r.number, "title": r.title, "keywords": r.keywords, "state": r.state,
+             "excerpt": _excerpt(r[8]), "score": round(score, 6), "times_resolved": r.times_resolved}
+            for score, r in scored[:limit]]
 
 
 def suggestions(session: Session, subject: str | None, message: str | None, most: int) -> list[dict[str, Any]]:
     """The ``most`` published articles that best match a customer's message: its most used
     terms (the subject's count twice), any of which may match."""
+    if most <= 0:
+        return []
     words_in = terms(f"{subject or ''} {subject or ''} {(message or '')[:8000]}", most=None)  # every word counts
     tally = Tally(t for t in words_in if t not in _STOPWORDS and len(t) > 2)
     words = [t for t, _ in tally.most_common(12)]
     if session.get_bind().dialect.name == "sqlite":
-        words = _rarest(session, words)
-    return search(session, " ".join(words), limit=most, any_term=True) if words and most > 0 else []
+        words = _TERM_COUNTS.rarest(session, words)
+    return search(session, " ".join(words), limit=most, any_term=True) if words else []
 
 
-def _rarest(session: Session, words: list[str], keep: int = 5) -> list[str]:
-    """The ``keep`` words found in the fewest articles (and in at least one): they say the most
-    about a message, and a search by them scores a few matches instead of half the knowledge
-    base (FTS5 ranks every match of an OR query). Term counts come from ``kb_fts_terms``."""
-    if not words:
-        return []
+class TermCounts:
+    """How many articles hold each term (SQLite's ``kb_fts_terms``), remembered for a minute.
+
+    Suggestions run inside intake for every new case; asking the index for a dozen counts
+    each time was a third of their cost. A count a minute old only decides which words a
+    suggestion searches by, never what the search finds, so it is safe to reuse.
+    """
+
+    def __init__(self, ttl: float = 60.0, size: int = 50_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._counts: dict[tuple[str, str], tuple[float, int]] = {}  # (database, term) -> (when, articles)
+
+    def rarest(self, session: Session, words: list[str], keep: int = 5) -> list[str]:
+        """The ``keep`` words found in the fewest articles (and in at least one): they say the
+        most about a message, and a search by them scores a few matches instead of half the
+        knowledge base (FTS5 ranks every match of an OR query)."""
+        counts = self.counts(session, words)
+        return [w for n, _, w in sorted((counts[w], i, w) for i, w in enumerate(words)) if n > 0][:keep]
+
+    def counts(self, session: Session, words: list[str]) -> dict[str, int]:
+        bind = session.get_bind()
+        now, db = time.monotonic(), str(bind.engine.url)  # one cache serves every database a process opens
+        known = {w: hit[1] for w in words if (hit := self._counts.get((db, w))) and now - hit[0] < self.ttl}
+        missing = [w for w in words if w not in known]
+        if missing:
+            if len(self._counts) > self.size:
+                self._counts.clear()
+            for w, n in _count_terms(session, missing).items():
+                self._counts[(db, w)] = (now, n)
+                known[w] = n
+        return known
+
+
+def _count_terms(session: Session, words: list[str]) -> dict[str, int]:
     # A range per word, in one statement: fts5vocab answers a range from the index, while "="
     # and "IN" make it count every term of the knowledge base.
     sql = " UNION ALL ".join(f"SELECT {i} AS i, doc FROM kb_fts_terms WHERE term >= :w{i} AND term <= :w{i}"
                              for i in range(len(words)))
-    counts = session.execute(text(sql), {f"w{i}": w for i, w in enumerate(words)}).all()
-    return [words[i] for doc, i in sorted((doc, i) for i, doc in counts) if doc > 0][:keep]
+    found = {words[i]: doc for i, doc in session.execute(text(sql), {f"w{i}": w for i, w in enumerate(words)})}
+    return {w: int(found.get(w, 0)) for w in words}
+
+
+_TERM_COUNTS = TermCounts()
+_EXCERPT_HEAD = 600  # characters of the body read for an excerpt of 200
 
 
 def _excerpt(body: str, size: int = 200) -> str:
@@ -291,11 +330,11 @@ def _excerpt(body: str, size: int = 200) -> str:
     return flat if len(flat) <= size else flat[:size].rsplit(" ", 1)[0] + " ..."
 
 
-def boost(art: KbArticle) -> float:
+def boost(times_resolved: int, helpful_yes: int, helpful_no: int) -> float:
     """1 for an unused, unrated article; more for each case it resolved (tapering off) and
     for helpful ratings, less for unhelpful ones (between 0 and 2 for ratings alone)."""
-    rating = 2 * (art.helpful_yes + 1) / (art.helpful_yes + art.helpful_no + 2)
-    return (1 + math.log1p(art.times_resolved)) * rating
+    rating = 2 * (helpful_yes + 1) / (helpful_yes + helpful_no + 2)
+    return (1 + math.log1p(times_resolved)) * rating
 
 
 # Cases -------------------------------------------------------------------------------------

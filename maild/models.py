@@ -450,3 +450,16 @@ class KbCaseLink(Base):
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
     linked_at: Mapped[datetime]
     sent: Mapped[bool] = mapped_column(default=False)
+
+
+class ReportRun(Base):
+    """A scheduled report mailed for one period (maild.reportmail): the unique key makes
+    it go out once per period, across restarts and workers."""
+
+    __tablename__ = "report_run"
+    __table_args__ = (UniqueConstraint("name", "period"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(20))  # 2026-11-23 (daily) or 2026-W48 (weekly)
+    sent_at: Mapped[datetime]
+    recipients: Mapped[int]

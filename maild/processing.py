@@ -16,7 +16,7 @@ from typing import Callable
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild import inbound
+from maild import inbound, logs, metrics
 from maild.cases import IntakeContext, Outcome, apply
 from maild.clock import Clock, utcnow
 from maild.db import is_temporary, transaction
@@ -89,10 +89,13 @@ class IntakeRunner(Runner):
             return [Outcome("deferred", note=str(exc)) for _ in items]
         for (item, mail), outcome in zip(parsed, outcomes):
             self._log(ctx, item, mail, outcome)
+            metrics.processed(item.queue_id, outcome.action, item.received_at, self.clock())
+        logs.bind_message(None)
         return outcomes
 
     def _apply_one(self, session: Session, ctx: IntakeContext, item: inbound.Claimed,
                    mail: ParsedMail | ParseError) -> Outcome:
+        logs.bind_message(None if isinstance(mail, ParseError) else mail.message_id)
         if isinstance(mail, ParseError):
             return self._quarantine(session, item, f"cannot parse: {mail}")
         try:
@@ -140,6 +143,7 @@ class IntakeRunner(Runner):
     def _log(ctx: IntakeContext, item: inbound.Claimed, mail: ParsedMail | ParseError, outcome: Outcome) -> None:
         sender = None if isinstance(mail, ParseError) else mail.sender_email
         msgid = None if isinstance(mail, ParseError) else mail.message_id
+        logs.bind_message(msgid, outcome.reference)
         level = logging.WARNING if outcome.action == "quarantined" else logging.INFO
         log.log(level, "inbound %d queue=%s from=%s message-id=%s: %s", item.id, ctx.queue_name(item.queue_id),
                 sender, msgid, outcome.describe())

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from maild import metrics
 from maild.businesshours import BusinessCalendar
 from maild.clock import Clock, utcnow
 from maild.db import transaction
@@ -157,6 +158,7 @@ class SlaRunner(Runner):
             done = row.warned_at if stage == "warning" else row.failed_at
             if done is not None or at is None or at > now or case is None:
                 continue
+            metrics.sla_fired(case.queue_id, stage)  # the queue it breached in, before an action moves it
             actions = (sla.spec.on_warning if stage == "warning" else sla.spec.on_failure) if sla else ()
             results = [self.act(session, case, row, action, stage, now) for action in actions]
             if stage == "warning":

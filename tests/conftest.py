@@ -208,6 +208,15 @@ class Env:
 
         return make_engine(self.db_url)
 
+    def count(self, sql: str) -> int:
+        """The single number a SQL query answers, read on a connection of its own."""
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(sa.text(sql)).scalar_one())
+        finally:
+            engine.dispose()
+
 
 def write_config(path: Path, db_url: str, peer_port: int, *, extra: str = "", **overrides: Any) -> Path:
     """The test config; ``extra`` TOML is appended (e.g. a ``[queues.support.imap]`` table)."""
@@ -242,14 +251,19 @@ def env(make_env: Callable[..., Env]) -> Env:
 # Dovecot ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def dovecot_server() -> Iterator[dovecot.Dovecot]:
-    """One private Dovecot (plain, STARTTLS and implicit TLS) for the session."""
+def require_dovecot() -> None:
+    """Skip when Dovecot cannot run here, with the reason; under CI that is a failure."""
     reason = dovecot.missing_reason()
     if reason:
         if os.environ.get(dovecot.REQUIRE_ENV) or os.environ.get("CI"):
             pytest.fail(f"Dovecot tests are required here but cannot run: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def dovecot_server() -> Iterator[dovecot.Dovecot]:
+    """One private Dovecot (plain, STARTTLS and implicit TLS) for the session."""
+    require_dovecot()
     server = dovecot.start(tls=True)
     try:
         yield server

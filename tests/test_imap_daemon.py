@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-import sqlalchemy as sa
 
 from conftest import MAILD, Env, Mailbox, mail
 from faultproxy import FaultProxy
@@ -37,24 +36,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def count(env: Env, sql: str) -> int:
-    engine = env.engine()
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text(sql)).scalar_one())
-    finally:
-        engine.dispose()
-
-
 def test_idle_wakes_the_poller_long_before_the_poll_interval(make_env, mailbox: Mailbox) -> None:  # type: ignore[no-untyped-def]
     env: Env = make_env(extra=mailbox.toml(poll_interval=300))
     proc = start(env)
     try:
-        wait_until(lambda: count(env, "SELECT count(*) FROM mailbox_state WHERE last_success_at IS NOT NULL") == 1,
+        wait_until(lambda: env.count("SELECT count(*) FROM mailbox_state WHERE last_success_at IS NOT NULL") == 1,
                    20, "the first poll")
         mailbox.append(mail(subject="while idling"))
         # Without IDLE the next poll would be 300 s away.
-        wait_until(lambda: count(env, "SELECT count(*) FROM cases") == 1, 30, "the case")
+        wait_until(lambda: env.count("SELECT count(*) FROM cases") == 1, 30, "the case")
     finally:
         assert stop(proc) == 0
 
@@ -65,7 +55,7 @@ def test_server_hangs_and_goes_down_and_nothing_is_lost(make_env, mailbox: Mailb
     proc = start(env)
     try:
         mailbox.append(mail(subject="before"))
-        wait_until(lambda: count(env, "SELECT count(*) FROM cases") == 1, 30, "the first case")
+        wait_until(lambda: env.count("SELECT count(*) FROM cases") == 1, 30, "the first case")
         proxy.stall()  # the server stops answering mid-conversation: the client must time out
         mailbox.append(mail(subject="during"))
         time.sleep(4)
@@ -73,7 +63,7 @@ def test_server_hangs_and_goes_down_and_nothing_is_lost(make_env, mailbox: Mailb
         time.sleep(2)
         proxy.resume()
         mailbox.append(mail(subject="after"))
-        wait_until(lambda: count(env, "SELECT count(*) FROM cases") == 3, 90, "the cases after the outage")
+        wait_until(lambda: env.count("SELECT count(*) FROM cases") == 3, 90, "the cases after the outage")
         assert proc.poll() is None, "the daemon kept running"
     finally:
         assert stop(proc) == 0
@@ -101,9 +91,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_env, mailbo
         proc.wait(10)
     proc = start(env)
     try:
-        wait_until(lambda: count(env, "SELECT count(*) FROM inbound_message WHERE state <> 'processed'") == 0
-                   and count(env, "SELECT count(*) FROM inbound_message") == 200
-                   and count(env, "SELECT count(*) FROM outbound_message WHERE state IN ('pending', 'sending')") == 0,
+        wait_until(lambda: env.count("SELECT count(*) FROM inbound_message WHERE state <> 'processed'") == 0
+                   and env.count("SELECT count(*) FROM inbound_message") == 200
+                   and env.count("SELECT count(*) FROM outbound_message WHERE state IN ('pending', 'sending')") == 0,
                    120, f"the drain after the crashes (seed {seed})")
     finally:
         assert stop(proc) == 0
@@ -116,8 +106,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_env, mailbo
             env.ok("outbox", "retry", str(row["id"]))
     env.ok("run", "--once")
 
-    assert count(env, "SELECT count(*) FROM cases") == 160, f"seed {seed}"
-    assert count(env, "SELECT count(*) FROM activity WHERE kind = 'incoming_email'") == 200, f"seed {seed}"
+    assert env.count("SELECT count(*) FROM cases") == 160, f"seed {seed}"
+    assert env.count("SELECT count(*) FROM activity WHERE kind = 'incoming_email'") == 200, f"seed {seed}"
     acks = [c.message["Subject"] for c in env.peer.received]
     refs = [s.rsplit("[", 1)[1].rstrip("]") for s in acks]
     assert len(refs) == len(set(refs)) == 160, f"exactly one acknowledgement per case (seed {seed})"
@@ -147,20 +137,20 @@ def test_two_workers_on_postgresql_share_a_mailbox_and_take_over(make_env, mailb
     mailbox.append(*(mail(subject=f"wave one {i}", sender=f"c{i}@customer.test") for i in range(60)))
     workers = [start(env, "worker-a.log"), start(env, "worker-b.log")]
     try:
-        wait_until(lambda: count(env, "SELECT count(*) FROM cases") == 60, 60, "the first wave")
+        wait_until(lambda: env.count("SELECT count(*) FROM cases") == 60, 60, "the first wave")
         owner = env.json("mailboxes", "list")[0]["owner"]
         pid = int(owner.rsplit(":", 1)[1])
         holder = next(w for w in workers if w.pid == pid)
         holder.kill()  # the mailbox owner dies without releasing its lease
         holder.wait(10)
         mailbox.append(*(mail(subject=f"wave two {i}", sender=f"d{i}@customer.test") for i in range(20)))
-        wait_until(lambda: count(env, "SELECT count(*) FROM cases") == 80, 60, "the takeover")
+        wait_until(lambda: env.count("SELECT count(*) FROM cases") == 80, 60, "the takeover")
         survivor = next(w for w in workers if w is not holder)
         assert env.json("mailboxes", "list")[0]["owner"].endswith(f":{survivor.pid}")
     finally:
         for w in workers:
             if w.poll() is None:
                 assert stop(w) == 0
-    assert count(env, "SELECT count(*) FROM inbound_message") == 80
-    assert count(env, "SELECT count(DISTINCT reference) FROM cases") == 80
-    assert count(env, "SELECT count(*) FROM outbound_message") == 80
+    assert env.count("SELECT count(*) FROM inbound_message") == 80
+    assert env.count("SELECT count(DISTINCT reference) FROM cases") == 80
+    assert env.count("SELECT count(*) FROM outbound_message") == 80

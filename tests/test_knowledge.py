@@ -194,8 +194,12 @@ def test_suggestions_search_by_a_messages_most_telling_words(env: Env) -> None:
             [first, *_] = knowledge.suggestions(session, "printer trouble", message, 3)
             assert first["number"] == fuser, "the article with the rare word the message carries"
             if session.get_bind().dialect.name == "sqlite":  # term counts from kb_fts_terms
-                words = knowledge._rarest(session, ["printer", "fuser", "nowhere", "toner"])
+                counts = knowledge.TermCounts(ttl=3600)
+                words = counts.rarest(session, ["printer", "fuser", "nowhere", "toner"])
                 assert words == ["fuser", "toner", "printer"], "rarest first; words in no article dropped"
+                knowledge.add(session, knowledge.Text(title="Fuser", body="fuser fuser"), author="t", now=app.clock())
+                assert counts.counts(session, ["fuser"]) == {"fuser": 1}, "remembered within the minute"
+                assert knowledge.TermCounts(ttl=0).counts(session, ["fuser"]) == {"fuser": 2}, "then read again"
     finally:
         app.close()
     assert len(common) == 8

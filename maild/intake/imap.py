@@ -34,7 +34,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild import inbound
+from maild import inbound, metrics
 from maild.clock import Clock, utcnow
 from maild.config import ImapConfig
 from maild.db import transaction
@@ -274,6 +274,7 @@ class ImapPoller(Runner):
                 done.append((uid, stored.duplicate))
             session.execute(update(MailboxState).where(MailboxState.queue_id == self.queue_id)
                             .values(last_uid=max(uids)))
+        metrics.received(self.queue_id, sum(1 for _, dup in done if not dup))
         if done:
             self.on_stored()
         return done
@@ -366,6 +367,7 @@ class ImapPoller(Runner):
 
     def _failed(self, reason: str) -> None:
         self.failures += 1
+        metrics.poll_failed(self.queue_id)
         if self.client is not None:
             _close(self.client)
             self.client = None

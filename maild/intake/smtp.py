@@ -17,7 +17,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from maild import inbound
+from maild import inbound, metrics
 from maild.clock import Clock, utcnow
 from maild.config import Config
 from maild.errors import TemporaryFailure
@@ -71,6 +71,7 @@ class IntakeHandler:
             log.exception("smtp: could not store message from <%s>", mail_from)
             return self._status(envelope, "451 4.3.0 Temporary storage failure, try again later")
         self.on_stored()
+        metrics.stored((s.queue_id, s.duplicate) for s in stored)
         ids = ", ".join(f"{s.id}{' (duplicate)' if s.duplicate else ''}" for s in stored)
         log.info("smtp: stored message from <%s> for %s as inbound %s", mail_from, ", ".join(queues), ids)
         return self._status(envelope, "250 2.0.0 Message accepted for delivery")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from maild import views
-from maild.cli.state import State, actor, pass_state, print_json, print_table
+from maild.cli.state import State, actor, pass_state, print_json, print_rows, print_table
 from maild.db import transaction
 from maild.statuses import ACTIVE, CANCELLED, RESOLVED, status_of
 
@@ -32,11 +32,8 @@ def list_(state: State, queue: str | None, status: str | None, unassigned: bool,
                                  param_hint="--status")
     with transaction(state.app.factory) as session:
         rows = views.list_cases(session, queue=queue, status=status, limit=limit, unassigned=unassigned)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["reference", "status", "status_reason", "queue", "owner", "priority", "customer_email",
-                           "title", "created_at"], "no cases")
+    print_rows(rows, ["reference", "status", "status_reason", "queue", "owner", "priority", "customer_email",
+                      "title", "created_at"], "no cases", as_json)
 
 
 @command.command("statuses")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from maild.cli.state import State, console, pass_state, print_json, print_table
+from maild.cli.state import State, console, pass_state, print_json, print_rows, print_table
 from maild.db import transaction
 
 # Below this many lines a progress bar is only noise.
@@ -68,10 +68,7 @@ def list_(state: State, account: str | None, tier: str | None, limit: int, as_js
 
     with transaction(state.app.factory) as session:
         rows = customers.list_contacts(session, account=account, tier=tier, limit=limit)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["email", "name", "account", "tier", "domain"], "no customers")
+    print_rows(rows, ["email", "name", "account", "tier", "domain"], "no customers", as_json)
 
 
 @command.command("show")

@@ -6,7 +6,7 @@ from datetime import date
 
 import click
 
-from maild.cli.state import State, actor, pass_state, print_json, print_table
+from maild.cli.state import State, actor, pass_state, print_json, print_rows, print_table
 from maild.db import transaction
 
 
@@ -59,11 +59,8 @@ def list_(state: State, account: str | None, as_json: bool) -> None:
 
     with transaction(state.app.factory) as session:
         rows = entitlements.list_all(session, account)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["id", "name", "account", "contact", "start", "end", "allocation", "total", "remaining",
-                           "unit", "on_exhausted"], "no entitlements")
+    print_rows(rows, ["id", "name", "account", "contact", "start", "end", "allocation", "total", "remaining",
+                      "unit", "on_exhausted"], "no entitlements", as_json)
 
 
 @command.command("show")

@@ -7,7 +7,7 @@ import sys
 import click
 
 from maild import inbound, views
-from maild.cli.state import State, pass_state, print_json, print_table
+from maild.cli.state import State, pass_state, print_json, print_rows
 from maild.db import transaction
 from maild.models import PROCESSED, QUARANTINED, RECEIVED
 
@@ -29,10 +29,8 @@ def list_(state: State, state_filter: str | None, quarantined: bool, limit: int,
     """List inbound messages, newest first."""
     with transaction(state.app.factory) as session:
         rows = views.list_inbound(session, state=QUARANTINED if quarantined else state_filter, limit=limit)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["id", "queue", "state", "source", "received_at", "outcome", "error"], "no inbound messages")
+    print_rows(rows, ["id", "queue", "state", "source", "received_at", "outcome", "error"],
+               "no inbound messages", as_json)
 
 
 @command.command("show")

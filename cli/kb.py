@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from maild.cli.state import State, actor, pass_state, print_json, print_table
+from maild.cli.state import State, actor, pass_state, print_json, print_rows, print_table
 from maild.db import transaction
 
 if TYPE_CHECKING:
@@ -125,10 +125,8 @@ def list_(state: State, only: str | None, as_json: bool) -> None:
 
     with transaction(state.app.factory) as session:
         rows = knowledge.listing(session, only)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["number", "state", "version", "title", "keywords", "subject", "updated_at"], "no articles")
+    print_rows(rows, ["number", "state", "version", "title", "keywords", "subject", "updated_at"],
+               "no articles", as_json)
 
 
 @command.command("show")
@@ -168,10 +166,7 @@ def search(state: State, query: str, limit: int, all_states: bool, as_json: bool
 
     with transaction(state.app.factory) as session:
         rows = knowledge.search(session, query, limit=limit, state=None if all_states else "published")
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["number", "title", "keywords", "score", "times_resolved"], "no matching articles")
+    print_rows(rows, ["number", "title", "keywords", "score", "times_resolved"], "no matching articles", as_json)
 
 
 @command.command("send")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from maild import views
-from maild.cli.state import State, pass_state, print_json, print_table
+from maild.cli.state import State, pass_state, print_rows
 from maild.db import transaction
 
 
@@ -21,11 +21,8 @@ def list_(state: State, as_json: bool) -> None:
     """Each mailbox with its last successful poll, backlog and last error."""
     with transaction(state.app.factory) as session:
         rows = views.list_mailboxes(session, state.app.config)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["queue", "mailbox", "status", "last_success", "backlog", "last_error", "owner"],
-                    "no IMAP mailboxes are configured")
+    print_rows(rows, ["queue", "mailbox", "status", "last_success", "backlog", "last_error", "owner"],
+               "no IMAP mailboxes are configured", as_json)
 
 
 @command.command("check")

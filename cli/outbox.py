@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from maild import views
-from maild.cli.state import State, pass_state, print_json, print_table
+from maild.cli.state import State, pass_state, print_rows
 from maild.db import transaction
 from maild.dispatch import retry as retry_rows
 from maild.models import FAILED, PENDING, SENDING, SENT, UNKNOWN
@@ -25,11 +25,8 @@ def list_(state: State, state_filter: str | None, limit: int, as_json: bool) -> 
     """List outgoing messages, newest first."""
     with transaction(state.app.factory) as session:
         rows = views.list_outbox(session, state=state_filter, limit=limit)
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["id", "kind", "case", "recipient", "state", "attempts", "created_at", "last_error"],
-                    "the outbox is empty")
+    print_rows(rows, ["id", "kind", "case", "recipient", "state", "attempts", "created_at", "last_error"],
+               "the outbox is empty", as_json)
 
 
 @command.command("retry")

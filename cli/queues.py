@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from maild import views
-from maild.cli.state import State, pass_state, print_json, print_table
+from maild.cli.state import State, pass_state, print_rows
 from maild.db import transaction
 
 
@@ -24,7 +24,4 @@ def list_(state: State, as_json: bool) -> None:
         rows = views.queue_overview(session, list(app.config.queues))
     for row in rows:
         row["address"] = app.config.queues[row["queue"]].addresses[0]
-    if as_json:
-        print_json(rows)
-    else:
-        print_table(rows, ["queue", "address", "open", "unassigned", "high_priority"], "no queues")
+    print_rows(rows, ["queue", "address", "open", "unassigned", "high_priority"], "no queues", as_json)

@@ -79,6 +79,14 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def print_rows(rows: list[dict[str, Any]], columns: list[str], empty: str, as_json: bool) -> None:
+    """A listing as JSON (every field) or as a table of ``columns``."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, columns, empty)
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
     if not rows:
         click.echo(empty)

@@ -208,14 +208,19 @@ class Env:
 
         return make_engine(self.db_url)
 
-    def count(self, sql: str) -> int:
-        """The single number a SQL query answers, read on a connection of its own."""
+    def rows(self, sql: str) -> list[Any]:
+        """What a SQL query answers, read on a connection of its own."""
         engine = self.engine()
         try:
             with engine.connect() as conn:
-                return int(conn.execute(sa.text(sql)).scalar_one())
+                return list(conn.execute(sa.text(sql)).all())
         finally:
             engine.dispose()
+
+    def count(self, sql: str) -> int:
+        """The single number a SQL query answers."""
+        [(value,)] = self.rows(sql)
+        return int(value)
 
 
 def write_config(path: Path, db_url: str, peer_port: int, *, extra: str = "", **overrides: Any) -> Path:
@@ -251,13 +256,17 @@ def env(make_env: Callable[..., Env]) -> Env:
 # Dovecot ---------------------------------------------------------------------------
 
 
-def require_dovecot() -> None:
-    """Skip when Dovecot cannot run here, with the reason; under CI that is a failure."""
-    reason = dovecot.missing_reason()
+def require(what: str, reason: str | None) -> None:
+    """Skip when a real peer (``what``: Dovecot, mutt, Chromium) cannot run here, with the
+    reason; where everything must run (.ci/run sets MAILD_REQUIRE_DOVECOT, or CI) it fails."""
     if reason:
         if os.environ.get(dovecot.REQUIRE_ENV) or os.environ.get("CI"):
-            pytest.fail(f"Dovecot tests are required here but cannot run: {reason}")
+            pytest.fail(f"{what} tests are required here but cannot run: {reason}")
         pytest.skip(reason)
+
+
+def require_dovecot() -> None:
+    require("Dovecot", dovecot.missing_reason())
 
 
 @pytest.fixture(scope="session")

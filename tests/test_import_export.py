@@ -91,15 +91,6 @@ def history_env(make_env: Any, tmp_path: Path) -> Env:
     return env
 
 
-def rows(env: Env, sql: str) -> list[Any]:
-    engine = env.engine()
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql)).all())
-    finally:
-        engine.dispose()
-
-
 @contextmanager
 def progress_reader(env: Env) -> Iterator[Callable[[str], int]]:
     """Counts read beside a running import without taking a lock (maild's SQLite engine
@@ -125,7 +116,7 @@ def check_history(env: Env) -> None:
     assert env.count("SELECT count(*) FROM cases") == THREADS, "one case per thread"
     assert env.count("SELECT count(*) FROM activity WHERE kind = 'incoming_email'") == 29, "no duplicates"
     assert env.count("SELECT count(DISTINCT message_id) FROM activity") == 29
-    per_case = rows(env, "SELECT c.title, count(a.id) FROM cases c JOIN activity a ON a.case_id = c.id "
+    per_case = env.rows("SELECT c.title, count(a.id) FROM cases c JOIN activity a ON a.case_id = c.id "
                          "GROUP BY c.title ORDER BY c.title")
     assert per_case == [(f"Problem number {t}", 3 if t < 9 else 2) for t in range(THREADS)], "replies threaded"
     assert env.count("SELECT count(*) FROM outbound_message") == 0, "no acknowledgement or notice"
@@ -324,7 +315,7 @@ def test_export_json_lines_field_by_field(env: Env, tmp_path: Path) -> None:
         "subject": "Invoice wrong", "size": len(raw),
         "attachments": [{"filename": "invoice.pdf", "content_type": "application/pdf", "size": 16}],
     }
-    sent = rows(env, "SELECT message_id, raw FROM outbound_message")[0]
+    sent = env.rows("SELECT message_id, raw FROM outbound_message")[0]
     assert (ack["kind"], ack["direction"], ack["to"], ack["message_id"], ack["size"]) == \
         ("outgoing_email", "out", "jane@customer.test", sent[0], len(sent[1]))
     assert ack["in_reply_to"] == "<inv1@customer.test>" and f"[{reference}]" in ack["subject"]

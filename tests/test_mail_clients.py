@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import copy
 import html
-import os
 import re
 import secrets
 import uuid
@@ -30,9 +29,8 @@ from typing import Any
 
 import pytest
 
-import dovecot
 import mutt
-from conftest import Env, mail
+from conftest import Env, mail, require
 
 CUSTOMER = "Jane Doe <jane@customer.test>"
 AGENT = "Alice Agent <alice@example.test>"
@@ -133,11 +131,7 @@ def reply_subject(msg: EmailMessage, prefix: str) -> str:
 
 def require_mutt() -> None:
     """Fail where the mutt tests are required (CI), skip elsewhere: as for Dovecot (conftest)."""
-    reason = mutt.missing_reason()
-    if reason:
-        if os.environ.get(dovecot.REQUIRE_ENV) or os.environ.get("CI"):
-            pytest.fail(f"mutt tests are required here but cannot run: {reason}")
-        pytest.skip(reason)
+    require("mutt", mutt.missing_reason())
 
 
 def mutt_reply(ack: EmailMessage, *, sender: str, to: str, text: str, above_quote: bool = True) -> bytes:

@@ -15,6 +15,11 @@ PostgreSQL schema, outgoing mail written to a Maildir):
   it (``--clients`` at a time), then one timed ``maild run --once`` over the backlog.
     - intake rate: injected messages / second; end-to-end: messages / (inject + process);
       process rate: messages / duration of ``run --once``; peak RSS of ``run --once``.
+* mode ``store``: the messages are stored straight into the inbound table (what any
+  intake path does first), then one timed ``maild run --once`` turns them into cases and
+  sends the acknowledgements. Its CPU time per message is the steadiest figure for
+  comparing two versions or settings (``--suggest``) of the writer: no client, no
+  network, no per-message process.
 
 Why: maild promises never to lose a message, so every accepted message costs a commit
 (fsync) before the sender hears back, and each one is parsed, threaded, stored as a case
@@ -103,7 +108,7 @@ class Options:
 
 def parse_args(argv: list[str] | None = None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--mode", choices=["smtp", "inject"], default="smtp")
+    p.add_argument("--mode", choices=["smtp", "inject", "store"], default="smtp")
     p.add_argument("--messages", type=int, default=1000, help="messages to send (default 1000)")
     p.add_argument("--clients", type=int, default=4, help="concurrent SMTP clients / inject processes (default 4)")
     p.add_argument("--customers", type=int, default=200, help="distinct senders (default 200)")
@@ -115,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--maild", type=Path, default=Path(sys.executable).with_name("maild"),
                    help="the maild command to benchmark (default: next to this Python)")
     p.add_argument("--keep", action="store_true", help="keep the temp installation (config, logs, SQLite db)")
-    p.add_argument("--profile", type=Path, help="inject mode: run `run --once` under cProfile, write stats here "
+    p.add_argument("--profile", type=Path, help="inject or store mode: run `run --once` under cProfile, write stats here "
                    "(the figures then include profiler overhead)")
     p.add_argument("--suggest", type=int, default=0, choices=range(0, 11), metavar="N",
                    help="a rule adds up to N knowledge articles to every acknowledgement (default 0: off)")
@@ -124,8 +129,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     a = p.parse_args(argv)
     if a.messages < 2 or a.clients < 1 or a.customers < 1 or a.timeout <= 0:
         p.error("--messages must be >= 2, --clients and --customers >= 1, --timeout > 0")
-    if a.profile and a.mode != "inject":
-        p.error("--profile is for --mode inject (the daemon's work runs in threads cProfile does not see)")
+    if a.profile and a.mode == "smtp":
+        p.error("--profile is for --mode inject or store (the daemon's work runs in threads cProfile does not see)")
     return Options(a.mode, a.messages, a.clients, a.customers, a.database_url, a.seed, a.timeout, a.output,
                    a.maild, a.keep, a.profile, a.suggest, a.articles)
 
@@ -948,6 +953,40 @@ def run_inject(opts: Options, install: Install, corpus: list[Generated], deadlin
                   inject_peak_rss_mib=max(peaks) / MIB)
 
 
+def run_store(opts: Options, install: Install, corpus: list[Generated], deadline: Deadline) -> Result:
+    idle, _ = run_once(install, deadline, None)  # start-up cost alone, to read the figure below
+    self0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.monotonic()
+    store_all(install, corpus)
+    stored = time.monotonic() - start
+    bench_cpu = cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - cpu_seconds(self0)
+    seconds, usage = run_once(install, deadline, opts.profile)
+    n = len(corpus)
+    return Result(**base_result(opts, install, corpus, deadline), intake_per_sec=n / stored,
+                  end_to_end_per_sec=n / (stored + seconds), peak_rss_mib=usage.ru_maxrss / MIB,
+                  intake_seconds=stored, end_to_end_seconds=stored + seconds, temp_failures=0,
+                  maild_cpu_seconds=cpu_seconds(usage), bench_cpu_seconds=bench_cpu,
+                  process_per_sec=n / seconds, process_seconds=seconds, run_once_idle_seconds=idle)
+
+
+def store_all(install: Install, corpus: list[Generated]) -> None:
+    """Every message into the inbound table, committed one by one as intake does."""
+    from maild import inbound
+    from maild.app import load_app
+    from maild.models import Queue
+
+    app = load_app(install.config)
+    try:
+        app.prepare()  # the queues' rows
+        with app.factory() as session:
+            queue_id = session.scalar(sa.select(Queue.id).where(Queue.name == "support"))
+        assert queue_id is not None
+        for msg in corpus:
+            inbound.add(app.factory, [queue_id], msg.raw, source="bench", now=datetime.now(UTC))
+    finally:
+        app.close()
+
+
 def run_once(install: Install, deadline: Deadline, profile: Path | None) -> tuple[float, resource.struct_rusage]:
     """Time one ``maild run --once``; return (seconds, its resource usage)."""
     args = install.command("run", "--once")
@@ -983,6 +1022,8 @@ def benchmark(opts: Options, deadline: Deadline) -> Result:
                   f"{opts.suggest}")
         if opts.mode == "smtp":
             result = run_smtp(opts, install, corpus, engine, stack, deadline)
+        elif opts.mode == "store":
+            result = run_store(opts, install, corpus, deadline)
         else:
             result = run_inject(opts, install, corpus, deadline)
         problems = verify(read_counts(engine), corpus, install.path / "outgoing")

@@ -66,7 +66,9 @@ def show(state: State, reference: str, as_json: bool) -> None:
     for hit in view["rules"]:
         click.echo(f"{'rule:':<19} {hit['kind']} {hit['rule']!r} ({hit['origin']}): {'; '.join(hit['conditions'])}")
     for art in view["articles"]:
-        click.echo(f"{'article:':<19} {art['number']} {art['title']!r} ({'sent' if art['sent'] else 'linked'})")
+        how = "suggested" if art["suggested"] else "sent" if art["sent"] else "linked"
+        rated = {True: ", customer: helpful", False: ", customer: not helpful", None: ""}[art["helpful"]]
+        click.echo(f"{'article:':<19} {art['number']} {art['title']!r} ({how}{rated})")
     for act in view["activities"]:
         click.echo(f"\n--- {act['kind'].replace('_', ' ')} {act['created_at']}  from {act['from']}  to {act['to']}")
         click.echo(f"    subject: {act['subject']}")

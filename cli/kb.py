@@ -165,7 +165,8 @@ def search(state: State, query: str, limit: int, all_states: bool, as_json: bool
     from maild import knowledge
 
     with transaction(state.app.factory) as session:
-        rows = knowledge.search(session, query, limit=limit, state=None if all_states else "published")
+        rows = [{k: v for k, v in row.items() if k != "id"}  # the database's id is nobody's business
+                for row in knowledge.search(session, query, limit=limit, state=None if all_states else "published")]
     print_rows(rows, ["number", "title", "keywords", "score", "times_resolved"], "no matching articles", as_json)
 
 

@@ -18,8 +18,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maild import (agentcommands, agentnotices, assignment, attachments, csat, entitlements, historical, knowledge,
-                   mailauth, participants, replytokens, safety, senders, sla, threader)
+from maild import (agentcommands, agentnotices, articleratings, assignment, attachments, csat, entitlements, historical,
+                   knowledge, mailauth, participants, replytokens, safety, senders, sla, threader)
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
@@ -31,6 +31,7 @@ from maild.models import (
     OUTGOING_EMAIL,
     PROCESSED,
     RECEIVED,
+    RESOLVED,
     Activity,
     Attachment,
     AuditEvent,
@@ -184,9 +185,7 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
     no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses())
     customer = customer_address(mail)
     acks = _recent_acks(session, customer, now) if (agent is None and no_reply is None and customer) else 0
-    # Only the case's own people can answer its survey.
-    answer = csat.rating(mail.text_stripped) if snapshot is not None and snapshot.survey_open and agent is None \
-        and participants.is_participant(session, snapshot.id, mail.sender_email) else None
+    answer, vote = _answers(session, snapshot, mail) if agent is None else (None, None)
     disposition = decide(
         case=snapshot,
         agent=agent.name if agent else None,
@@ -195,6 +194,7 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
         policy=_policy(ctx, snapshot.queue_id if snapshot else queue_id),
         now=now,
         rating=answer[0] if answer else None,
+        article_rating_only=vote is not None and vote.verdict.only_a_rating,
     )
     if agent is not None:
         return _agent_disposition(ctx, disposition, mail, match, no_reply)
@@ -217,6 +217,19 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
             return replace(disposition, action="refuse", template=EXHAUSTED_TEMPLATE,
                            reason=f"entitlement {charge.entitlement.name!r} is exhausted and refuses new cases")
     return disposition
+
+
+def _answers(session: Session, snapshot: CaseSnapshot | None, mail: ParsedMail
+             ) -> tuple[tuple[int, str] | None, articleratings.Rating | None]:
+    """A customer's answer to the case's survey, or rating of one of its articles: only the
+    case's own people can give either."""
+    if snapshot is None:
+        return None, None
+    answer = csat.rating(mail.text_stripped) if snapshot.survey_open else None
+    vote = None if answer else articleratings.find(session, snapshot.id, mail.in_reply_to, mail.text_stripped)
+    if (answer or vote) and not participants.is_participant(session, snapshot.id, mail.sender_email):
+        return None, None
+    return answer, vote
 
 
 def _agent_disposition(ctx: IntakeContext, d: Disposition, mail: ParsedMail, match: threader.ThreadMatch | None,
@@ -422,10 +435,46 @@ def _append(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
         assert ctx.calendar is not None
         sla.status_changed(session, case.id, "In Progress", ctx.rules, ctx.calendar, now)
     audit(session, case.id, actor, "email_received", now, inbound_id=inbound.id, message_id=mail.message_id)
+    rated = _rate_article(session, ctx, case, mail, now, resolve=d.action == "append")
     agentnotices.customer_reply(session, ctx, case, mail.text_stripped, now)
     action = "reopened" if d.action == "reopen" else "threaded"
     _finish(inbound, action, case.id, now)
-    return Outcome(action, case.reference)
+    return Outcome(action, case.reference, note=rated)
+
+
+def _article_rating(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+                    d: Disposition, now: datetime) -> Outcome:
+    """A customer's rating of an article on a resolved case: kept and counted; the case stays resolved."""
+    case = _case(session, d)
+    _incoming_activity(session, ctx, case, inbound, mail, now)
+    rated = _rate_article(session, ctx, case, mail, now)
+    _finish(inbound, "kb_rating", case.id, now)
+    return Outcome("kb_rating", case.reference, note=rated)
+
+
+def _rate_article(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail, now: datetime, *,
+                  resolve: bool = False) -> str | None:
+    """Record a customer's rating of one of the case's articles; "it helped" on an open case
+    resolves it when the queue says so (``resolve_on_helpful_article``)."""
+    vote = articleratings.find(session, case.id, mail.in_reply_to, mail.text_stripped)
+    if vote is None:
+        return None
+    actor = f"customer:{mail.sender_email}"
+    note = articleratings.record(session, vote, now)
+    audit(session, case.id, actor, "kb_rated", now, article=vote.article, helpful=vote.verdict.helpful,
+          comment=vote.verdict.comment[:200] or None)
+    if resolve and vote.verdict.settles_it and case.status == ACTIVE \
+            and ctx.config.queues[case.queue.name].resolve_on_helpful_article:
+        from maild import casework  # maild.casework builds on this module
+
+        reason = ctx.config.cases.status_reasons.all()[RESOLVED][0]
+        try:
+            casework.resolve(session, ctx, case, resolution_type=reason, minutes=None, actor=actor, now=now,
+                             narrative=f"The customer confirmed that knowledge article {vote.article} solved it.")
+            note += "; case resolved"
+        except MaildError as exc:  # a process stage or transition rule forbids it: an agent decides
+            audit(session, case.id, "system", "resolve_skipped", now, reason=str(exc))
+    return note
 
 
 def _agent_mail(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
@@ -572,6 +621,7 @@ _HANDLERS: dict[str, _Handler] = {
     "agent_note": _agent_mail,
     "keep_closed": _keep_closed,
     "csat": _csat,
+    "kb_rating": _article_rating,
     "quarantine": _quarantine,
     "ignore": _ignore,
     "refuse": _refuse,
@@ -770,7 +820,10 @@ def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedM
     if to_addr is None:
         return False, "no address to acknowledge"
     queue: Queue = case.queue
-    suggestions = knowledge.suggestions(session, mail.subject, mail.text_stripped, suggest) if suggest else []
+    suggestions: list[dict[str, Any]] = []
+    if suggest:
+        with session.no_autoflush:  # the knowledge base does not need this message's rows: flush them once, later
+            suggestions = knowledge.suggestions(session, mail.subject, mail.text_stripped, suggest)
     rendered = ctx.renderer.render(ctx.config.acknowledgements.template, {
         "case": case, "contact": case.contact, "queue": queue, "mail": mail, "now": now, "suggestions": suggestions,
     })
@@ -782,7 +835,8 @@ def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedM
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
     )
     try:
-        outgoing_activity(session, ctx, case, draft, now)
+        activity = outgoing_activity(session, ctx, case, draft, now)
     except ValueError as exc:  # an address the email package refuses to write
         return False, f"cannot address acknowledgement: {exc}"
+    knowledge.suggested(session, case, [a["id"] for a in suggestions], activity.message_id, now)
     return True, None

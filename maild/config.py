@@ -273,6 +273,9 @@ class QueueConfig(_Model):
     # Send a satisfaction survey (template `csat_survey`) when a case is resolved; the
     # customer answers by replying with a number from 1 to 5.
     csat: bool = False
+    # A customer's reply "article 42 helped" (or "yes" to an article mail) on an open case
+    # resolves it, as the acknowledgement template promises; false: an agent resolves it.
+    resolve_on_helpful_article: bool = True
 
     def all_addresses(self) -> tuple[str, ...]:
         return self.addresses + self.comment_addresses

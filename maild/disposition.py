@@ -14,7 +14,7 @@ from maild.models import ACTIVE, RESOLVED
 from maild.rules.engine import RuleResult
 
 Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "agent_note", "quarantine", "ignore",
-                 "refuse", "unverified_note", "keep_closed", "csat"]
+                 "refuse", "unverified_note", "keep_closed", "csat", "kb_rating"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ def decide(
     policy: AckPolicy,
     now: datetime,
     rating: int | None = None,
+    article_rating_only: bool = False,
 ) -> Disposition:
     """What to do with one message from a customer (``agent`` None) or from a named agent."""
     if agent is not None:
@@ -76,6 +77,8 @@ def decide(
     if case.status == ACTIVE:
         return Disposition("append", case)
     if case.status == RESOLVED:
+        if article_rating_only:  # "yes, that article helped": no reason to reopen the case
+            return Disposition("kb_rating", case)
         return _after_resolution(case, no_reply_reason, acks_last_hour, policy, now, rating)
     # Cancelled: a new case that points back at the old one.
     return _new_case("follow_up", case, no_reply_reason, acks_last_hour, policy)

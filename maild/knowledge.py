@@ -4,7 +4,8 @@ An article's text lives in numbered versions. A draft is edited in place; editin
 published article adds a version, and the old ones stay readable. Search looks at each
 article's current version: an FTS5 table (``kb_fts``, rowid = article id) on SQLite, kept
 in step here whenever a version is written, and a generated, GIN-indexed tsvector column
-``kb_article_version.kb_fts_document`` on PostgreSQL (both built by migration 0010). Both
+``kb_article_version.kb_fts_document`` on PostgreSQL (both built by migration 0010; 0013
+adds ``kb_fts_headings``, titles and keywords alone, for suggestions). Both
 tokenise the same way (lower case, no stemming, every term required), so the same simple
 query finds the same articles; relevance is then boosted by how often an article resolved
 cases and how it was rated.
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import sla, subjects
@@ -226,11 +227,21 @@ def stats(session: Session) -> dict[str, Any]:
 _PG_WEIGHTS = "0.333, 0.333, 0.667, 1.0"  # body (D), -, keywords (B), title (A): 1 : 2 : 3, as bm25 below
 
 
+# Only the columns a result shows, and the head of the body (600 characters) for its
+# excerpt of 200: loading whole articles as ORM objects cost more than the search itself.
+# Built once: building the statement for every suggestion cost a tenth of it.
+_SHOWN = (select(KbArticle.id, KbArticle.number, KbArticle.state, KbArticle.times_resolved, KbArticleVersion.title,
+                 KbArticleVersion.keywords, func.substr(KbArticleVersion.body, 1, 600))
+          .join(KbArticleVersion, (KbArticleVersion.article_id == KbArticle.id)
+                & (KbArticleVersion.version == KbArticle.current_version))
+          .where(KbArticle.id.in_(bindparam("ids", expanding=True))))
+
+
 def search(session: Session, query: str, *, limit: int = 10, state: str | None = KB_PUBLISHED,
-           any_term: bool = False) -> list[dict[str, Any]]:
+           any_term: bool = False, headings: bool = False) -> list[dict[str, Any]]:
     """Articles whose current version holds every term of ``query`` (with ``any_term``: one of
     them), best first: relevance times a boost for cases resolved and helpful ratings.
-    ``state=None`` searches all states."""
+    ``state=None`` searches all states; ``headings`` looks in titles and keywords only."""
     words = terms(query)
     if not words or limit <= 0:
         return []
@@ -239,31 +250,31 @@ def search(session: Session, query: str, *, limit: int = 10, state: str | None =
     pool = limit * 10
     params: dict[str, Any] = {"n": pool, "s": state}
     where_state = "AND a.state = :s" if state is not None else ""
+    boosts = "a.times_resolved, a.helpful_yes, a.helpful_no"
     if session.get_bind().dialect.name == "sqlite":
         params["q"] = (" OR " if any_term else " ").join(f'"{w}"' for w in words)
-        sql = (f"SELECT a.id, -bm25(kb_fts, 3.0, 2.0, 1.0) FROM kb_fts JOIN kb_article a ON a.id = kb_fts.rowid "
-               f"WHERE kb_fts MATCH :q {where_state} ORDER BY bm25(kb_fts, 3.0, 2.0, 1.0) LIMIT :n")
+        if headings:
+            params["q"] = f"{{title keywords}} : ({params['q']})"
+        sql = (f"SELECT a.id, -bm25(kb_fts, 3.0, 2.0, 1.0), {boosts} FROM kb_fts JOIN kb_article a "
+               f"ON a.id = kb_fts.rowid WHERE kb_fts MATCH :q {where_state} ORDER BY bm25(kb_fts, 3.0, 2.0, 1.0) "
+               f"LIMIT :n")
     else:
         params["q"] = (" | " if any_term else " & ").join(words)
-        sql = (f"SELECT a.id, ts_rank('{{{_PG_WEIGHTS}}}', v.kb_fts_document, q) FROM kb_article_version v "
+        document = "kb_fts_headings" if headings else "kb_fts_document"  # titles and keywords: migration 0013
+        sql = (f"SELECT a.id, ts_rank('{{{_PG_WEIGHTS}}}', v.{document}, q), {boosts} FROM kb_article_version v "
                f"JOIN kb_article a ON a.id = v.article_id AND v.version = a.current_version, "
-               f"to_tsquery('simple', :q) q WHERE v.kb_fts_document @@ q {where_state} "
+               f"to_tsquery('simple', :q) q WHERE v.{document} @@ q {where_state} "
                f"ORDER BY 2 DESC LIMIT :n")
-    relevance = {int(i): float(r) for i, r in session.execute(text(sql), params)}
-    if not relevance:
+    # Boosted here, from the candidates' counters: only the winners' text is then read.
+    scored = sorted(((float(rel) * boost(resolved, yes, no), int(i)) for i, rel, resolved, yes, no
+                     in session.execute(text(sql), params)), key=lambda x: (-x[0], x[1]))[:limit]
+    if not scored:
         return []
-    a, v = KbArticle, KbArticleVersion
-    # Only the columns a result shows, and the head of the body for its excerpt: loading whole
-    # articles as ORM objects cost more than the search itself.
-    found = session.execute(
-        select(a.id, a.number, a.state, a.times_resolved, a.helpful_yes, a.helpful_no, v.title, v.keywords,
-               func.substr(v.body, 1, _EXCERPT_HEAD))
-        .join(v, (v.article_id == a.id) & (v.version == a.current_version)).where(a.id.in_(relevance))).all()
-    scored = sorted(((relevance[r.id] * boost(r.times_resolved, r.helpful_yes, r.helpful_no), r) for r in found),
-                    key=lambda x: (-x[0], x[1].number))
-    return [{"number": r.number, "title": r.title, "keywords": r.keywords, "state": r.state,
-             "excerpt": _excerpt(r[8]), "score": round(score, 6), "times_resolved": r.times_resolved}
-            for score, r in scored[:limit]]
+    rows = {r.id: r for r in session.execute(_SHOWN, {"ids": [i for _, i in scored]})}
+    ranked = sorted(((score, rows[i]) for score, i in scored if i in rows), key=lambda x: (-x[0], x[1].number))
+    return [{"id": r.id, "number": r.number, "title": r.title, "keywords": r.keywords, "state": r.state,
+             "excerpt": _excerpt(r[6]), "score": round(score, 6), "times_resolved": r.times_resolved}
+            for score, r in ranked]
 
 
 def suggestions(session: Session, subject: str | None, message: str | None, most: int) -> list[dict[str, Any]]:
@@ -274,13 +285,23 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
     words_in = terms(f"{subject or ''} {subject or ''} {(message or '')[:8000]}", most=None)  # every word counts
     tally = Tally(t for t in words_in if t not in _STOPWORDS and len(t) > 2)
     words = [t for t, _ in tally.most_common(12)]
-    if session.get_bind().dialect.name == "sqlite":
-        words = _TERM_COUNTS.rarest(session, words)
-    return search(session, " ".join(words), limit=most, any_term=True) if words else []
+    words = _TERM_COUNTS.rarest(session, words)
+    if not words:
+        return []
+    # Titles and keywords first: they match far fewer articles than bodies do, so the
+    # search is cheaper (it ranks every match), and a title match is the better suggestion.
+    # Bodies only fill the places left.
+    found = search(session, " ".join(words), limit=most, any_term=True, headings=True)
+    if len(found) < most:
+        seen = {f["id"] for f in found}
+        found += [r for r in search(session, " ".join(words), limit=most, any_term=True)
+                  if r["id"] not in seen][:most - len(found)]
+    return found
 
 
 class TermCounts:
-    """How many articles hold each term (SQLite's ``kb_fts_terms``), remembered for a minute.
+    """How many articles hold each term (SQLite's ``kb_fts_terms``; on PostgreSQL counted
+    through the GIN index), remembered for a minute.
 
     Suggestions run inside intake for every new case; asking the index for a dozen counts
     each time was a third of their cost. A count a minute old only decides which words a
@@ -312,7 +333,17 @@ class TermCounts:
         return known
 
 
+_COMMON = 100  # articles: a word in more says little about a message
+
+
 def _count_terms(session: Session, words: list[str]) -> dict[str, int]:
+    if session.get_bind().dialect.name != "sqlite":
+        # Versions, not articles: close enough to choose words by, and no join per match. Counted
+        # up to a cap: past it a word is simply common, and counting on would visit every match.
+        rows = session.execute(text("SELECT w, (SELECT count(*) FROM (SELECT 1 FROM kb_article_version WHERE "
+                                    "kb_fts_document @@ to_tsquery('simple', w) LIMIT :cap) m) "
+                                    "FROM unnest(CAST(:words AS text[])) AS w"), {"words": words, "cap": _COMMON})
+        return {w: int(n) for w, n in rows}
     # A range per word, in one statement: fts5vocab answers a range from the index, while "="
     # and "IN" make it count every term of the knowledge base.
     sql = " UNION ALL ".join(f"SELECT {i} AS i, doc FROM kb_fts_terms WHERE term >= :w{i} AND term <= :w{i}"
@@ -322,7 +353,6 @@ def _count_terms(session: Session, words: list[str]) -> dict[str, int]:
 
 
 _TERM_COUNTS = TermCounts()
-_EXCERPT_HEAD = 600  # characters of the body read for an excerpt of 200
 
 
 def _excerpt(body: str, size: int = 200) -> str:
@@ -359,42 +389,59 @@ def send(session: Session, ctx: IntakeContext, case: Case, number: int, *, actor
                   to_addr=case.contact.email, subject=tag_subject(rendered.subject or v.title, case.reference),
                   text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case),
                   in_reply_to=in_reply_to, references=refs)
-    outgoing_activity(session, ctx, case, draft, now)
+    activity = outgoing_activity(session, ctx, case, draft, now)
     if case.first_response_at is None:
         case.first_response_at = now
     sla.met(session, case.id, "first_response", now)
-    link(session, art, case, now, sent=True)
+    link(session, art, case, now, sent=True, message_id=activity.message_id)
     art.times_sent = KbArticle.times_sent + 1
     audit(session, case.id, actor, "kb_sent", now, article=art.number, version=v.version)
     return f"{case.reference}: article {art.number} (\"{v.title}\") sent to {case.contact.email}"
 
 
-def link(session: Session, art: KbArticle, case: Case, now: datetime, *, sent: bool = False) -> bool:
-    """Link an article to a case (once); True if the link is new."""
+def link(session: Session, art: KbArticle, case: Case, now: datetime, *, sent: bool = False,
+         message_id: str | None = None) -> bool:
+    """Link an article to a case (once), by an agent; True if the link is new. An article
+    only suggested to the customer so far becomes a real link now."""
     row = session.scalar(select(KbCaseLink).where(KbCaseLink.article_id == art.id, KbCaseLink.case_id == case.id))
-    if row is not None:
+    if row is None:
+        session.add(KbCaseLink(article_id=art.id, case_id=case.id, linked_at=now, sent=sent, message_id=message_id))
+    else:
         row.sent = row.sent or sent
-        return False
-    session.add(KbCaseLink(article_id=art.id, case_id=case.id, linked_at=now, sent=sent))
+        row.message_id = message_id or row.message_id
+        if not row.suggested:
+            return False
+        row.suggested, row.linked_at = False, now
     art.times_linked = KbArticle.times_linked + 1
     return True
+
+
+def suggested(session: Session, case: Case, article_ids: list[int], message_id: str | None, now: datetime) -> None:
+    """Remember the articles an acknowledgement suggested, so the customer can rate them
+    by mail ("article 42 helped"); they count as linked only once rated helpful."""
+    # Added, not inserted now: a statement here would flush the whole message's rows early,
+    # which cost more than the suggestion itself.
+    session.add_all(KbCaseLink(article_id=i, case_id=case.id, linked_at=now, suggested=True, sent=False,
+                               message_id=message_id) for i in article_ids)
 
 
 def linked(session: Session, case_id: int) -> list[dict[str, Any]]:
     """The articles linked to a case (for ``maild cases show``), in the order they were linked."""
     rows = session.execute(
-        select(KbArticle.number, KbArticleVersion.title, KbCaseLink.sent, KbCaseLink.linked_at)
+        select(KbArticle.number, KbArticleVersion.title, KbCaseLink.sent, KbCaseLink.linked_at, KbCaseLink.suggested,
+               KbCaseLink.helpful, KbCaseLink.rating_comment)
         .join(KbArticle, KbArticle.id == KbCaseLink.article_id)
         .join(KbArticleVersion, (KbArticleVersion.article_id == KbArticle.id)
               & (KbArticleVersion.version == KbArticle.current_version))
         .where(KbCaseLink.case_id == case_id).order_by(KbCaseLink.id)
     ).all()
-    return [{"number": n, "title": t, "sent": bool(sent), "linked_at": at.isoformat()} for n, t, sent, at in rows]
+    return [{"number": n, "title": t, "sent": bool(sent), "linked_at": at.isoformat(), "suggested": bool(sug),
+             "helpful": helpful, "rating_comment": comment} for n, t, sent, at, sug, helpful, comment in rows]
 
 
 def on_resolve(session: Session, case: Case) -> None:
     """The case was resolved: each article linked to it resolved one more case."""
-    linked = select(KbCaseLink.article_id).where(KbCaseLink.case_id == case.id)
+    linked = select(KbCaseLink.article_id).where(KbCaseLink.case_id == case.id, KbCaseLink.suggested.is_(False))
     session.execute(update(KbArticle).where(KbArticle.id.in_(linked))
                     .values(times_resolved=KbArticle.times_resolved + 1).execution_options(synchronize_session=False))
 

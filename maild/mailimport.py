@@ -45,7 +45,7 @@ RESOLVED_REASON, RESOLUTION = "Problem Solved", "Imported from a mail archive"
 ACTOR = "import"
 
 _NEW = {"created", "follow_up"}
-_THREADED = {"threaded", "reopened", "kept_closed", "unverified_note", "csat"}
+_THREADED = {"threaded", "reopened", "kept_closed", "unverified_note", "csat", "kb_rating"}
 _ALREADY = {"duplicate", "skipped"}
 _PENDING = {"waiting", "deferred"}
 

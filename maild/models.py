@@ -27,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy import true as sa_true
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -450,6 +451,13 @@ class KbCaseLink(Base):
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
     linked_at: Mapped[datetime]
     sent: Mapped[bool] = mapped_column(default=False)
+    # Only offered in the acknowledgement so far: no agent chose it, so it counts as linked
+    # (and as resolving the case) only once the customer says it helped.
+    suggested: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    message_id: Mapped[str | None] = mapped_column(String(998))  # the latest mail that carried it
+    helpful: Mapped[bool | None]  # the customer's rating by mail (maild.articleratings)
+    rated_at: Mapped[datetime | None]
+    rating_comment: Mapped[str | None] = mapped_column(Text)
 
 
 class ReportRun(Base):

@@ -21,6 +21,16 @@ def start(env: Env, log_name: str = "maild.log") -> subprocess.Popen[bytes]:
     return subprocess.Popen([MAILD, "--config", str(env.config), "run"], stdout=log, stderr=log, cwd=env.path)
 
 
+def start_ready(env: Env) -> subprocess.Popen[bytes]:
+    """Start a daemon and wait until it says it started: a SIGTERM before its handlers are
+    installed would kill it outright, which is not what a test of a graceful stop means."""
+    log, marker = env.path / "maild.log", b"maild started as worker"
+    before = log.read_bytes().count(marker) if log.exists() else 0
+    proc = start(env)
+    wait_until(lambda: log.read_bytes().count(marker) > before, 30, "the daemon to start")
+    return proc
+
+
 def stop(proc: subprocess.Popen[bytes]) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -89,7 +99,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_env, mailbo
         time.sleep(rng.uniform(0.8, 3.0))
         proc.kill()
         proc.wait(10)
-    proc = start(env)
+    proc = start_ready(env)  # the earlier runs may have drained everything: the wait below can be over at once
     try:
         wait_until(lambda: env.count("SELECT count(*) FROM inbound_message WHERE state <> 'processed'") == 0
                    and env.count("SELECT count(*) FROM inbound_message") == 200

@@ -81,7 +81,8 @@ def test_an_article_is_sent_to_the_customer_linked_and_counted(env: Env) -> None
     assert [a["subject"] for a in case["activities"] if a["kind"] == "outgoing_email"][-1] == msg["Subject"]
     assert case["first_response_at"] is not None
     assert case["articles"] == [{"number": n, "title": "Printer fire checklist", "sent": True,
-                                 "linked_at": case["articles"][0]["linked_at"]}]
+                                 "linked_at": case["articles"][0]["linked_at"], "suggested": False,
+                                 "helpful": None, "rating_comment": None}]
     assert f"article:            {n} 'Printer fire checklist' (sent)" in env.ok("cases", "show", ref)
     env.ok("kb", "send", str(n), "--case", ref)
     counts = article(env, n)
@@ -145,13 +146,19 @@ def test_import_is_idempotent_and_names_bad_files(env: Env, tmp_path: Path) -> N
     assert found(env, "new client") == [vpn["number"]]
 
 
-def test_a_rule_adds_matching_articles_to_the_acknowledgement(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def suggesting_env(make_env: Any, tmp_path: Path) -> Env:
+    """An installation whose rule adds two articles to acknowledgements of password mail."""
     folder = tmp_path / "rules"
     folder.mkdir()
     (folder / "10-creation.toml").write_text(
         '[[creation]]\nname = "suggest"\nwhen = { field = "subject", contains = "password" }\n'
         'set = { suggest_articles = 2 }\n')
     env: Env = make_env(rules=folder.as_posix(), ack_limit=100)
+    return env
+
+
+def test_a_rule_adds_matching_articles_to_the_acknowledgement(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = suggesting_env(make_env, tmp_path)
     reset = add(env, "Reset your password", "Use the *Forgot password* link on the login page.")
     add(env, "Printer on fire", "Unplug the printer.")
     draft = add(env, "Password policy draft", "Twelve characters.", publish=False)
@@ -193,13 +200,35 @@ def test_suggestions_search_by_a_messages_most_telling_words(env: Env) -> None:
             message = "My printer printer printer smears pages; the fuser, maybe? printer again."
             [first, *_] = knowledge.suggestions(session, "printer trouble", message, 3)
             assert first["number"] == fuser, "the article with the rare word the message carries"
-            if session.get_bind().dialect.name == "sqlite":  # term counts from kb_fts_terms
-                counts = knowledge.TermCounts(ttl=3600)
-                words = counts.rarest(session, ["printer", "fuser", "nowhere", "toner"])
-                assert words == ["fuser", "toner", "printer"], "rarest first; words in no article dropped"
-                knowledge.add(session, knowledge.Text(title="Fuser", body="fuser fuser"), author="t", now=app.clock())
-                assert counts.counts(session, ["fuser"]) == {"fuser": 1}, "remembered within the minute"
-                assert knowledge.TermCounts(ttl=0).counts(session, ["fuser"]) == {"fuser": 2}, "then read again"
+            # Term counts: SQLite's kb_fts_terms, PostgreSQL's GIN index.
+            counts = knowledge.TermCounts(ttl=3600)
+            words = counts.rarest(session, ["printer", "fuser", "nowhere", "toner"])
+            assert words == ["fuser", "toner", "printer"], "rarest first; words in no article dropped"
+            knowledge.add(session, knowledge.Text(title="Fuser", body="fuser fuser"), author="t", now=app.clock())
+            assert counts.counts(session, ["fuser"]) == {"fuser": 1}, "remembered within the minute"
+            assert knowledge.TermCounts(ttl=0).counts(session, ["fuser"]) == {"fuser": 2}, "then read again"
     finally:
         app.close()
     assert len(common) == 8
+
+
+def test_suggestions_prefer_titles_and_keywords_and_fill_up_from_bodies(env: Env) -> None:
+    from maild import knowledge
+    from maild.app import load_app
+    from maild.db import transaction
+
+    body_only = add(env, "Billing questions", "To change the invoice address, invoice settings, invoice again.")
+    titled = add(env, "Invoice address", "Open Settings.")
+    keyworded = add(env, "Account settings", "Open Settings.", "--keywords", "invoice")
+    add(env, "Printer fire", "Unplug it.")
+    app = load_app(env.config)
+    try:
+        with transaction(app.factory) as session:
+            found = [r["number"] for r in knowledge.suggestions(session, "invoice", "Where is my invoice?", 3)]
+            headings = {r["number"] for r in knowledge.search(session, "invoice", headings=True)}
+            assert headings == {titled, keyworded}, "titles and keywords only"
+    finally:
+        app.close()
+    assert found[:2] == [titled, keyworded] or found[:2] == [keyworded, titled], \
+        "title and keyword matches come first, though the body match uses the word most"
+    assert found[2] == body_only, "a body match fills the place left"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from maild import __version__
 from maild.errors import ConfigError, MaildError
@@ -38,6 +39,23 @@ class MaildGroup(click.Group):
             raise Failure(str(exc), 2) from None
         except MaildError as exc:
             raise Failure(str(exc), 1) from None
+        except DBAPIError as exc:
+            raise Failure(_database_problem(ctx, exc), 1) from None
+
+
+def _database_problem(ctx: click.Context, exc: DBAPIError) -> str:
+    """What a database error in a command means: most often a schema never created or left
+    behind by an upgrade of maild, which the schema check names with its fix."""
+    from maild import db
+
+    state = ctx.find_object(State)
+    try:
+        if state is not None:
+            db.check_schema(state.app.engine)
+    except MaildError as schema:
+        return str(schema)
+    first_line = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+    return f"database error: {first_line}"
 
 
 @click.group(cls=MaildGroup)

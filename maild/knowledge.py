@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import sla, subjects
@@ -419,10 +419,14 @@ def link(session: Session, art: KbArticle, case: Case, now: datetime, *, sent: b
 def suggested(session: Session, case: Case, article_ids: list[int], message_id: str | None, now: datetime) -> None:
     """Remember the articles an acknowledgement suggested, so the customer can rate them
     by mail ("article 42 helped"); they count as linked only once rated helpful."""
-    # Added, not inserted now: a statement here would flush the whole message's rows early,
-    # which cost more than the suggestion itself.
-    session.add_all(KbCaseLink(article_id=i, case_id=case.id, linked_at=now, suggested=True, sent=False,
-                               message_id=message_id) for i in article_ids)
+    if not article_ids:
+        return
+    # On the session's connection, not through the ORM: as objects, these rows made every
+    # acknowledged case's flush cost more than the suggestion itself, and a statement through
+    # the session would flush the message's other rows early. The case's row is in already.
+    session.connection().execute(insert(KbCaseLink), [
+        {"article_id": i, "case_id": case.id, "linked_at": now, "suggested": True, "sent": False,
+         "message_id": message_id} for i in article_ids])
 
 
 def linked(session: Session, case_id: int) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+import sqlalchemy as sa
 
 from conftest import Env
 from maild import db
@@ -29,3 +30,16 @@ def test_upgrade_is_idempotent(env: Env) -> None:
     assert "up to date (revision" in env.ok("db", "upgrade")
     status = env.ok("db", "status")
     assert f"current revision: {db.SCHEMA_HEAD}" in status
+
+
+def test_database_errors_in_commands_are_one_line_with_the_fix(env: Env) -> None:
+    with env.engine().begin() as conn:
+        conn.execute(sa.text("DROP TABLE mailbox_state"))
+    result = env.cli("mailboxes", "list")
+    assert result.exit_code == 1 and result.output.startswith("maild: database error: ")
+    assert "mailbox_state" in result.output and len(result.output.strip().splitlines()) == 1, "no traceback, no SQL"
+    with env.engine().begin() as conn:
+        conn.execute(sa.text("DELETE FROM alembic_version"))
+    result = env.cli("mailboxes", "list")
+    assert result.exit_code == 1
+    assert result.output.strip() == "maild: the database has no maild schema yet; run `maild db upgrade`"

@@ -20,13 +20,15 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maild.csat import reply_answer
+from maild.knowledge import count_rating
 from maild.models import KbArticle, KbCaseLink
 
 _YES = (r"yes|yep|yeah|helpful|(?:it |that |this )?(?:helped|worked)|(?:it |that )?solved(?: it)?|"
         r"\U0001F44D")
 _NO = (r"no|nope|not helpful|unhelpful|not really|(?:it |that |this )?(?:did not|didn't|does not|doesn't|has not|"
        r"hasn't) (?:help|work)(?:ed)?|\U0001F44E")
-_TAIL = r"\s*[.!]*\s*(?:$|[-\u2013\u2014:.,;!)]\s*(?P<rest>.*)$)"
+_TAIL = r"\s*[.!]*\s*(?:$|[-\u2013\u2014:.,;!)]\s*(.*)$)"  # the last group: the rest of the line
 # "article 42 helped", "KB 42: not helpful", "#42 yes - thanks", "article 42 was helpful"
 _NAMED = re.compile(rf"^(?:article|kb)?\s*#?\s*(\d{{1,9}})\s*[:\-,]?\s*(?:was\s+|is\s+)?(?:(?P<no>{_NO})|(?P<yes>{_YES})){_TAIL}",
                     re.IGNORECASE)
@@ -58,17 +60,11 @@ class Verdict:
 
 def verdict(text: str | None) -> Verdict | None:
     """The rating a reply's first non-blank line gives, with the rest (up to the quote) as its comment."""
-    lines = [line.strip() for line in (text or "").strip().splitlines()]
-    if not lines:
+    found = reply_answer(text, _NAMED, _BARE)
+    if found is None:
         return None
-    named = _NAMED.match(lines[0])
-    m = named or _BARE.match(lines[0])
-    if m is None:
-        return None
-    rest = lines[1:]
-    quoted = next((i for i, line in enumerate(rest) if line.startswith(">")), len(rest))
-    comment = "\n".join([m.group("rest") or "", *rest[:quoted]]).strip()
-    return Verdict(int(named.group(1)) if named else None, m.group("yes") is not None, comment)
+    m, comment = found
+    return Verdict(int(m.group(1)) if m.re is _NAMED else None, m.group("yes") is not None, comment)
 
 
 @dataclass(frozen=True)
@@ -109,17 +105,10 @@ def record(session: Session, rating: Rating, now: datetime) -> str:
     helpful, before = rating.verdict.helpful, link.helpful
     if before is not helpful:
         if before is not None:
-            _count(art, before, -1)
-        _count(art, helpful, +1)
+            count_rating(art, before, -1)
+        count_rating(art, helpful, +1)
     if helpful and link.suggested:
         link.suggested = False
         art.times_linked = KbArticle.times_linked + 1
     link.helpful, link.rated_at, link.rating_comment = helpful, now, rating.verdict.comment[:2000] or None
     return f"article {rating.article} rated {'helpful' if helpful else 'not helpful'}"
-
-
-def _count(art: KbArticle, helpful: bool, step: int) -> None:
-    if helpful:
-        art.helpful_yes = KbArticle.helpful_yes + step
-    else:
-        art.helpful_no = KbArticle.helpful_no + step

@@ -196,6 +196,8 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
         rating=answer[0] if answer else None,
         article_rating_only=vote is not None and vote.verdict.only_a_rating,
     )
+    if vote is not None:
+        disposition = replace(disposition, vote=vote)  # what apply records: found once, here
     if agent is not None:
         return _agent_disposition(ctx, disposition, mail, match, no_reply)
     if disposition.action in ("append", "reopen", "keep_closed") and disposition.case is not None \
@@ -435,7 +437,7 @@ def _append(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
         assert ctx.calendar is not None
         sla.status_changed(session, case.id, "In Progress", ctx.rules, ctx.calendar, now)
     audit(session, case.id, actor, "email_received", now, inbound_id=inbound.id, message_id=mail.message_id)
-    rated = _rate_article(session, ctx, case, mail, now, resolve=d.action == "append")
+    rated = _rate_article(session, ctx, case, mail, d, now)
     agentnotices.customer_reply(session, ctx, case, mail.text_stripped, now)
     action = "reopened" if d.action == "reopen" else "threaded"
     _finish(inbound, action, case.id, now)
@@ -447,23 +449,23 @@ def _article_rating(session: Session, ctx: IntakeContext, inbound: InboundMessag
     """A customer's rating of an article on a resolved case: kept and counted; the case stays resolved."""
     case = _case(session, d)
     _incoming_activity(session, ctx, case, inbound, mail, now)
-    rated = _rate_article(session, ctx, case, mail, now)
+    rated = _rate_article(session, ctx, case, mail, d, now)
     _finish(inbound, "kb_rating", case.id, now)
     return Outcome("kb_rating", case.reference, note=rated)
 
 
-def _rate_article(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail, now: datetime, *,
-                  resolve: bool = False) -> str | None:
+def _rate_article(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail, d: Disposition,
+                  now: datetime) -> str | None:
     """Record a customer's rating of one of the case's articles; "it helped" on an open case
-    resolves it when the queue says so (``resolve_on_helpful_article``)."""
-    vote = articleratings.find(session, case.id, mail.in_reply_to, mail.text_stripped)
+    (not one this mail reopens) resolves it when the queue says so (``resolve_on_helpful_article``)."""
+    vote = d.vote
     if vote is None:
         return None
     actor = f"customer:{mail.sender_email}"
     note = articleratings.record(session, vote, now)
     audit(session, case.id, actor, "kb_rated", now, article=vote.article, helpful=vote.verdict.helpful,
           comment=vote.verdict.comment[:200] or None)
-    if resolve and vote.verdict.settles_it and case.status == ACTIVE \
+    if d.action == "append" and vote.verdict.settles_it and case.status == ACTIVE \
             and ctx.config.queues[case.queue.name].resolve_on_helpful_article:
         from maild import casework  # maild.casework builds on this module
 

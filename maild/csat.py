@@ -31,16 +31,21 @@ _ANSWER = re.compile(
 
 def rating(text: str | None) -> tuple[int, str] | None:
     """The score and comment in a survey answer (its first non-blank line leads), or None."""
+    found = reply_answer(text, _ANSWER)
+    return (int(found[0].group(1)), found[1]) if found else None
+
+
+def reply_answer(text: str | None, *patterns: re.Pattern[str]) -> tuple[re.Match[str], str] | None:
+    """The first of ``patterns`` to match a reply's first non-blank line, and the comment
+    with it: the rest of that line (each pattern's last group) and the lines below, up to
+    the customer's quote of our mail. Surveys and article ratings are answered so."""
     lines = [line.strip() for line in (text or "").strip().splitlines()]
-    if not lines:
-        return None
-    m = _ANSWER.match(lines[0])
+    m = next((m for p in patterns if lines and (m := p.match(lines[0]))), None)
     if m is None:
         return None
     rest = lines[1:]
-    quoted = next((i for i, line in enumerate(rest) if line.startswith(">")), len(rest))  # their quote of our mail
-    comment = "\n".join([m.group(2) or "", *rest[:quoted]]).strip()
-    return int(m.group(1)), comment
+    quoted = next((i for i, line in enumerate(rest) if line.startswith(">")), len(rest))
+    return m, "\n".join([m.group(m.re.groups) or "", *rest[:quoted]]).strip()
 
 
 def request(session: Session, ctx: IntakeContext, case: Case, now: datetime) -> None:

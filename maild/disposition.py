@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from maild.models import ACTIVE, RESOLVED
 from maild.rules.engine import RuleResult
+
+if TYPE_CHECKING:
+    from maild.articleratings import Rating
 
 Action = Literal["create", "append", "reopen", "follow_up", "agent_reply", "agent_note", "quarantine", "ignore",
                  "refuse", "unverified_note", "keep_closed", "csat", "kb_rating"]
@@ -50,6 +53,7 @@ class Disposition:
     template: str | None = None  # for "refuse": the answer sent to the sender
     label: str | None = None  # for notes: how the note is marked ("unverified", "automatic")
     rating: int | None = None  # for "csat": the customer's 1-5 answer
+    vote: Rating | None = None  # a customer's rating of one of the case's articles, found by plan()
 
 
 def decide(

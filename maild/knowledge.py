@@ -140,10 +140,7 @@ def set_state(session: Session, art: KbArticle, state: str, *, now: datetime) ->
 
 
 def rate(session: Session, art: KbArticle, helpful: bool) -> str:
-    if helpful:
-        art.helpful_yes = KbArticle.helpful_yes + 1
-    else:
-        art.helpful_no = KbArticle.helpful_no + 1
+    count_rating(art, helpful)
     session.flush()
     session.refresh(art)
     return f"article {art.number}: {art.helpful_yes} helpful, {art.helpful_no} not helpful"
@@ -365,6 +362,15 @@ def boost(times_resolved: int, helpful_yes: int, helpful_no: int) -> float:
     for helpful ratings, less for unhelpful ones (between 0 and 2 for ratings alone)."""
     rating = 2 * (helpful_yes + 1) / (helpful_yes + helpful_no + 2)
     return (1 + math.log1p(times_resolved)) * rating
+
+
+def count_rating(art: KbArticle, helpful: bool, step: int = 1) -> None:
+    """Add (or, with ``step`` -1, take back) a rating in the article's counters, in SQL so
+    concurrent raters do not overwrite each other."""
+    if helpful:
+        art.helpful_yes = KbArticle.helpful_yes + step
+    else:
+        art.helpful_no = KbArticle.helpful_no + step
 
 
 # Cases -------------------------------------------------------------------------------------

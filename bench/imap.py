@@ -278,6 +278,17 @@ SELECT
 """)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (maild's parser workers), from /proc."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
 @dataclass
 class Timeline:
     """Seconds from maild's start until the polled counts first showed each stage, and
@@ -297,7 +308,10 @@ class Timeline:
     peak_rss_mib: dict[str, float | None] = field(default_factory=dict)  # stage -> largest VmHWM by then
     # The largest VmHWM seen: maild's peak RSS. Not ru_maxrss: a child started with vfork
     # (subprocess does) inherits its parent's high-water mark, here the whole corpus's.
+    # A maild's figure is its own VmHWM plus its parser worker processes' (its children):
+    # an upper bound of what it held at once.
     max_rss_mib: float | None = None
+    _hwm: dict[int, dict[int, float]] = field(default_factory=dict)  # maild pid -> {its pid or a child's: MiB}
 
     def update(self, engine: sa.Engine) -> bool:
         """Poll once (counts and VmHWM); True when everything is done."""
@@ -317,12 +331,15 @@ class Timeline:
             self.peak_rss_mib[stage] = self.max_rss_mib
 
     def sample_rss(self) -> None:
-        for pid in self.pids:
-            try:
-                mib = bench_intake.peak_rss_kib(pid) / KIB
-            except (OSError, BenchError):
-                continue  # exited (a zombie has no memory left to report)
-            self.max_rss_mib = max(self.max_rss_mib or 0.0, mib)
+        for root in self.pids:
+            seen = self._hwm.setdefault(root, {})
+            for pid in [root, *_children(root)]:
+                try:
+                    seen[pid] = bench_intake.peak_rss_kib(pid) / KIB
+                except (OSError, BenchError):
+                    continue  # exited (a zombie has no memory left to report): keep its last figure
+            if seen:
+                self.max_rss_mib = max(self.max_rss_mib or 0.0, sum(seen.values()))
 
     def follow(self, engine: sa.Engine, stop: threading.Event) -> None:
         """Poll until ``stop``: runs in a thread while the main thread waits for the process."""

@@ -43,7 +43,7 @@ def assigned(session: Session, ctx: IntakeContext, case: Case, agent: str, actor
 
 
 def _settings(ctx: IntakeContext, case: Case, kind: str) -> QueueConfig | None:
-    settings = ctx.config.queues.get(case.queue.name)
+    settings = ctx.config.queues.get(ctx.queue_name(case.queue_id))
     return settings if settings is not None and kind in settings.notify_agents else None
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from maild import (agentcommands, agentnotices, articleratings, assignment, attachments, csat, entitlements, historical,
                    knowledge, mailauth, participants, replytokens, safety, senders, sla, threader)
@@ -148,7 +148,8 @@ class StoreLookup:
 
 def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMail, now: datetime) -> Outcome:
     """Turn one claimed, parsed inbound message into case data, in the caller's transaction."""
-    inbound = session.get(InboundMessage, inbound_id, with_for_update=True)
+    # Without the raw bytes: the caller parsed them already, and they are most of the row.
+    inbound = session.get(InboundMessage, inbound_id, with_for_update=True, options=[defer(InboundMessage.raw)])
     if inbound is None or inbound.state != RECEIVED:
         return Outcome("skipped", note="already handled by another worker")
     ctx, now = historical.view(ctx, inbound, now)  # imported mail keeps its own date
@@ -280,8 +281,9 @@ def _recipients(mail: ParsedMail) -> list[str]:
 
 
 def _entitlement(session: Session, mail: ParsedMail, now: datetime) -> entitlements.Charge:
-    row = session.execute(select(Contact.id, Contact.account_id).where(Contact.email == mail.sender_email)).first() \
-        if mail.sender_email else None
+    if not mail.sender_email or not entitlements.any_exist(session):
+        return entitlements.Charge(None, False)
+    row = session.execute(select(Contact.id, Contact.account_id).where(Contact.email == mail.sender_email)).first()
     if row is None:
         return entitlements.Charge(None, False)
     return entitlements.check(session, row[0], row[1], "email", now.date())
@@ -392,7 +394,9 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
         policy = "create_with_account"
     contact = _contact_for(session, mail, now, policy)
     case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, d)
+    hits = d.rules.matched() if d.rules else []
     activity = _incoming_activity(session, ctx, case, inbound, mail, now)
+    activity.rule_hits = hits or None  # before its INSERT, not an UPDATE after it
     charge = entitlements.Charge(None, False) if ctx.historical else \
         entitlements.check(session, contact.id, contact.account_id, "email", now.date())
     entitlements.attach(session, case, charge, now, f"customer:{contact.email}")
@@ -402,8 +406,6 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     agentnotices.new_case(session, ctx, case, mail.text_stripped, now)
     if case.owner is not None:  # routed to an agent by the rules or a team
         agentnotices.assigned(session, ctx, case, case.owner.name, "rules", now)
-    hits = d.rules.matched() if d.rules else []
-    activity.rule_hits = hits or None
     actor = f"customer:{contact.email}"
     audit(session, case.id, actor, "created", now, queue=case.queue.name, inbound_id=inbound.id,
           previous=d.case.reference if d.case else None, rules=[h["rule"] for h in hits] or None,

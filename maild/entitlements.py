@@ -30,7 +30,7 @@ CHANNELS = ("email", "phone", "web", "chat")
 def find(session: Session, contact_id: int | None, account_id: int | None, channel: str,
          today: date) -> Entitlement | None:
     """The entitlement a new case draws on, or None (remaining may be 0: the caller decides)."""
-    if contact_id is None and account_id is None:
+    if (contact_id is None and account_id is None) or not any_exist(session):
         return None
     owners = [Entitlement.contact_id == contact_id] if contact_id else []
     if account_id:
@@ -42,6 +42,15 @@ def find(session: Session, contact_id: int | None, account_id: int | None, chann
     covering = [e for e in candidates if channel in e.channels]
     # Prefer one with something left; fall back to an exhausted one so its policy applies.
     return next((e for e in covering if e.remaining > 0), covering[0] if covering else None)
+
+
+def any_exist(session: Session) -> bool:
+    """Whether any entitlement exists, asked once per transaction: most installations have
+    none, and then a new case need not look (an intake batch is one transaction)."""
+    known = session.info.get("maild.entitlements.any")
+    if known is None:
+        known = session.info["maild.entitlements.any"] = session.scalar(select(Entitlement.id).limit(1)) is not None
+    return bool(known)
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ def add(factory: sessionmaker[Session], spec: NewEntitlement, *, actor: str, now
                           channels=list(spec.channels), sla=spec.sla, decrement_on=spec.decrement_on,
                           on_exhausted=spec.on_exhausted, created_at=now)
         session.add(ent)
+        session.info["maild.entitlements.any"] = True
         session.flush()
         _audit(session, None, actor, "entitlement_added", now, ent)
         return ent.id

@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import Message
@@ -16,7 +16,7 @@ from typing import Any
 import inscriptis  # type: ignore[import-untyped, unused-ignore]
 import mailparser  # type: ignore[import-untyped, unused-ignore]
 import nh3
-from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped, unused-ignore]
+from mailparser_reply import EmailMessage as ReplyText  # type: ignore[import-untyped, unused-ignore]
 
 from maild.errors import ParseError
 from maild.msgids import normalise_message_id, split_message_ids
@@ -30,6 +30,9 @@ _REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "sv", "da", "pl", "cs", 
 # The reply stripper costs ~2 µs per character and language; the latest reply sits at
 # the top, so a pasted 1 MB log must not cost seconds.
 _STRIP_LIMIT = 32_000
+# Only the part of a line before a colon this far in can be a quote header's field name
+# ("From:", "Organización:", "보낸 사람:"); the longest mailparser_reply knows is 12 characters.
+_FIELD_NAME_REACH = 40
 
 # Inline images are referenced as cid: URLs; nh3 would drop them by default.
 _URL_SCHEMES = frozenset(nh3.ALLOWED_URL_SCHEMES | {"cid"})
@@ -88,6 +91,13 @@ class ParsedMail:
     content_type: str
     defects: tuple[str, ...]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # For the parser's worker processes (maild.parsepool): a mapping proxy cannot be
+        # pickled, so the headers travel as a dict and are wrapped again on arrival.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["headers"] = dict(self.headers)
+        return (_unpickle_mail, (values,))
+
     def header(self, name: str) -> str | None:
         """First decoded value of header `name` (any case), or None if absent."""
         values = self.headers.get(name.lower())
@@ -105,6 +115,10 @@ class ParsedMail:
         if email_addr is None or "@" not in email_addr:
             return None
         return email_addr.rpartition("@")[2].lower() or None
+
+
+def _unpickle_mail(values: dict[str, Any]) -> ParsedMail:
+    return ParsedMail(**{**values, "headers": MappingProxyType(values["headers"])})
 
 
 def parse(raw: bytes) -> ParsedMail:
@@ -274,12 +288,27 @@ def _strip_quoted(text: str) -> str:
     if interleaved is not None:
         return interleaved
     head = text[:_STRIP_LIMIT]
-    message = EmailReplyParser(languages=list(_REPLY_LANGUAGES)).read(head)
+    message = ReplyText(text=head, languages=list(_REPLY_LANGUAGES))  # normalises the text, finds nothing yet
+    if not _may_hold_quote_header(message.text):
+        # What read() would lead to, without its ~2 ms regular expression over every line.
+        return text if len(text) > len(head) else message.text.strip() or text
+    message.read()
     if len(text) > len(head) and len(message.replies) < 2:
         # No quote header in the head: the whole long text is the latest reply.
         return text
     latest = message.latest_reply
     return latest if isinstance(latest, str) and latest else text
+
+
+def _may_hold_quote_header(text: str) -> bool:
+    """False only if no line can start a quote header: every "X wrote:" form ends its line
+    with a colon, every "From: ..." block starts a line (after quote marks) with a field name
+    and a colon, and the separators have five dashes. Most new messages have none of these,
+    and for them the reply parser's answer is the text itself."""
+    for line in text.split("\n"):
+        if line.endswith((":", "\uff1a")) or "-----" in line or ":" in line.lstrip("> *")[:_FIELD_NAME_REACH]:
+            return True
+    return False
 
 
 def _without_quote_lines(text: str) -> str | None:

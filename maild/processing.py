@@ -1,7 +1,8 @@
 """The intake runner: claim stored inbound messages, parse them, and hand them to cases.apply.
 
-Parsing happens outside the write transaction (it is the slow part). The claimed batch
-is then written in one transaction, each message inside a savepoint of its own: one
+Parsing happens outside the write transaction. With a backlog, the next batch is claimed
+before the current one is written and parsed meanwhile in a worker process
+(maild.parsepool), so parsing and writing use two CPUs. The claimed batch is written in one transaction, each message inside a savepoint of its own: one
 commit (one fsync) per batch instead of per message, while whatever goes wrong with one
 message rolls back only that message, which is quarantined with its reason in the same
 commit. A temporary database failure defers the whole batch.
@@ -13,6 +14,7 @@ import logging
 from datetime import timedelta
 from typing import Callable
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,8 +24,9 @@ from maild.clock import Clock, utcnow
 from maild.db import is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
 from maild.liveness import worker_id
-from maild.models import QUARANTINED, InboundMessage
-from maild.parse import ParsedMail, parse
+from maild.models import QUARANTINED, InboundMessage, Queue
+from maild.parse import ParsedMail
+from maild.parsepool import Parsed, Parser, Pending, parse_one
 from maild.runner import Runner
 
 log = logging.getLogger("maild.intake")
@@ -44,6 +47,7 @@ class IntakeRunner(Runner):
         batch: int = 20,
         on_processed: Callable[[], None] = lambda: None,
         worker: str | None = None,
+        parser: Parser | None = None,
     ) -> None:
         self.factory = factory
         self.worker = worker or worker_id()  # named in its leases, for maild.liveness
@@ -51,10 +55,34 @@ class IntakeRunner(Runner):
         self.clock = clock
         self.batch = batch
         self.on_processed = on_processed  # wakes the dispatcher: acknowledgements go out at once
+        self.parser = parser or Parser()
+        # With a backlog, the next batch: claimed, and parsing in a worker while this one is written.
+        self._ahead: tuple[list[inbound.Claimed], Pending] | None = None
         super().__init__(idle_seconds=context().config.intake.poll_interval)
 
     def run_once(self) -> int:
         ctx = self.context()
+        items, pending = self._ahead or self._claim(ctx)
+        self._ahead = None
+        if self.stopping.is_set():
+            self._release(items)  # hand them back rather than make them wait out the lease
+            return 0
+        if not items:
+            return 0
+        if pending.in_worker:
+            self._ahead = self._claim(ctx)
+        self.process_batch(items, ctx, pending.result())
+        self.on_processed()
+        return len(items)
+
+    def close(self) -> None:
+        """Hand back a batch claimed ahead, and stop the parser's workers."""
+        if self._ahead is not None:
+            self._release(self._ahead[0])
+            self._ahead = None
+        self.parser.close()
+
+    def _claim(self, ctx: IntakeContext) -> tuple[list[inbound.Claimed], Pending]:
         claimed = inbound.claim(
             self.factory,
             now=self.clock(),
@@ -63,23 +91,25 @@ class IntakeRunner(Runner):
             limit=self.batch,
             worker=self.worker,
         )
-        if self.stopping.is_set():
-            for item in claimed:  # hand them back rather than make them wait out the lease
-                inbound.release(self.factory, item.id)
-            return 0
-        if claimed:
-            self.process_batch(claimed, ctx)
-            self.on_processed()
-        return len(claimed)
+        return claimed, self.parser.submit([item.raw for item in claimed])
+
+    def _release(self, items: list[inbound.Claimed]) -> None:
+        for item in items:
+            inbound.release(self.factory, item.id)
 
     def process(self, item: inbound.Claimed, ctx: IntakeContext) -> Outcome:
         """Process one claimed message (a batch of one)."""
         return self.process_batch([item], ctx)[0]
 
-    def process_batch(self, items: list[inbound.Claimed], ctx: IntakeContext) -> list[Outcome]:
-        parsed = [(item, _parse(item.raw)) for item in items]
+    def process_batch(self, items: list[inbound.Claimed], ctx: IntakeContext,
+                      mails: list[Parsed] | None = None) -> list[Outcome]:
+        """Write a claimed batch: ``mails`` are its messages parsed already, else they are parsed here."""
+        parsed = list(zip(items, mails if mails is not None else [parse_one(item.raw) for item in items]))
         try:
             with transaction(self.factory) as session:
+                # Held for the batch: the session only keeps objects something refers to, and
+                # every new case would otherwise load its queue again.
+                session.info["maild.queues"] = session.scalars(select(Queue)).all()
                 outcomes = [self._apply_one(session, ctx, item, mail) for item, mail in parsed]
         except (TemporaryFailure, IntegrityError) as exc:
             # IntegrityError here means a concurrent worker wrote the same row first;
@@ -147,11 +177,3 @@ class IntakeRunner(Runner):
         level = logging.WARNING if outcome.action == "quarantined" else logging.INFO
         log.log(level, "inbound %d queue=%s from=%s message-id=%s: %s", item.id, ctx.queue_name(item.queue_id),
                 sender, msgid, outcome.describe())
-
-
-def _parse(raw: bytes) -> ParsedMail | ParseError:
-    try:
-        return parse(raw)
-    except ParseError as exc:
-        return exc
-

@@ -13,9 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maild.errors import ParseError
+from mailparser_reply import EmailMessage as ReplyText  # type: ignore[import-untyped, unused-ignore]
+
 from maild.parse import (
+    _REPLY_LANGUAGES,
     Address,
     ParsedMail,
+    _may_hold_quote_header,
+    _strip_quoted,
     normalise_message_id,
     parse,
     split_message_ids,
@@ -335,6 +340,47 @@ def test_long_text_is_stripped_at_a_quote_near_the_top() -> None:
     quote = "".join(f"> old line {number}\n" for number in range(5000))
     mail = parse_text("Got it.\n\nOn Mon, 6 Jan 2025 at 10:20, Support <s@example.test> wrote:\n" + quote)
     assert mail.text_stripped == "Got it."
+
+
+QUOTE_HEADERS = [
+    "On Mon, 6 Jan 2025 at 10:20, Support <s@example.test> wrote:",
+    "Am 06.01.2025 um 10:20 schrieb Support <s@example.test>:",
+    "Le lun. 6 janv. 2025 \u00e0 10:20, Support <s@example.test> a \u00e9crit :",
+    "From: Support <s@example.test>\nSent: Monday, January 6, 2025 10:20 AM",
+    "> > From: Support <s@example.test>\n> > Sent: Monday",
+    "** Von: ** Support\n** Gesendet: ** Montag",
+    "-----Original Message-----",
+    "2025\u5e741\u67086\u65e5(\u6708) 10:20 Support <s@example.test>:",
+    "2025\ub144 1\uc6d4 6\uc77c (\uc6d4) \uc624\uc804 10:20, Support <s@example.test>\ub2d8\uc774 \uc791\uc131\ud558\uc600\uc2b5\ub2c8\ub2e4:",
+    "2025\u5e741\u67086\u65e5 10:20\uff0cSupport <s@example.test> \u5199\u9053\uff1a",
+]
+PLAIN_LETTERS = [
+    "Hello,\n\n  my printer stopped working   \n\tafter the update.\n\nRegards,\nJane\n--\nJane Doe",
+    "Hi\r\n\r\nwe were charged twice (see invoice 4711)\r\n\r\n____________________________________\r\nAcme",
+    "Short.",
+]
+
+
+@pytest.mark.parametrize("header", QUOTE_HEADERS)
+def test_every_quote_header_form_goes_to_the_reply_parser(header: str) -> None:
+    # The shortcut may only skip the reply parser when no quote header can be in the text.
+    assert _may_hold_quote_header(f"Thanks!\n\n{header}\n> old text")
+
+
+@pytest.mark.parametrize("text", PLAIN_LETTERS + [f"Thanks!\n\n{h}\n> old" for h in QUOTE_HEADERS])
+def test_skipping_the_reply_parser_changes_nothing(text: str) -> None:
+    by_parser = ReplyText(text=text, languages=list(_REPLY_LANGUAGES)).read().latest_reply or text
+    assert _strip_quoted(text) == by_parser
+
+
+def test_a_letter_without_quote_headers_skips_the_reply_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(self: object) -> None:
+        raise AssertionError("the reply parser ran")
+
+    monkeypatch.setattr(ReplyText, "read", fail)
+    for text in PLAIN_LETTERS:
+        assert not _may_hold_quote_header(ReplyText(text=text).text)
+        assert _strip_quoted(text)
 
 
 # --- attachments ----------------------------------------------------------------

@@ -16,7 +16,8 @@ from maild.clock import utcnow
 from maild.processing import IntakeRunner
 
 # Tables that hold configuration, not traffic: a scan of them costs the same forever.
-SMALL = {"queue", "agent", "counter", "subject", "alembic_version"}
+# Entitlements are contracts an admin makes; intake only asks whether there is any (one row).
+SMALL = {"queue", "agent", "counter", "subject", "alembic_version", "entitlement"}
 
 
 def _grows(detail: str) -> bool:

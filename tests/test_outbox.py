@@ -1,0 +1,78 @@
+"""The outgoing composer: well-formed MIME on the wire, and no way for customer input to add headers."""
+
+from __future__ import annotations
+
+import email
+from datetime import UTC, datetime
+from email.policy import default
+
+import pytest
+
+from maild.outbox import Draft, FileAttachment, as_bytes, compose
+
+NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+
+
+def draft(**changes: object) -> Draft:
+    fields: dict[str, object] = dict(
+        kind="acknowledgement", from_name="Example Support", from_addr="support@example.test",
+        to_name="J\u00fcrgen M\u00fcller", to_addr="jm@customer.test", subject="Re: Drucker kaputt \u2014 gro\u00dfes Problem",
+        text="Hello J\u00fcrgen,\n\nwe have your message.\n" + "x" * 1200 + "\n", html="<p>Hello</p>",
+        reply_to="support+CAS-1.abc@example.test", in_reply_to="<q@customer.test>",
+        references=("<p@customer.test>", "<q@customer.test>"), auto_submitted=True,
+    )
+    fields.update(changes)
+    return Draft(**fields)  # type: ignore[arg-type]
+
+
+def wire(d: Draft) -> bytes:
+    return as_bytes(compose(d, "<m1@example.test>", NOW))
+
+
+def test_the_message_reads_back_as_written() -> None:
+    raw = wire(draft(attachments=(FileAttachment("r\u00e4port.pdf", "application/pdf", b"%PDF-1.4 data"),)))
+    msg = email.message_from_bytes(raw, policy=default)
+    assert msg["From"].addresses[0].display_name == "Example Support"
+    assert msg["To"].addresses[0].display_name == "J\u00fcrgen M\u00fcller"
+    assert msg["To"].addresses[0].addr_spec == "jm@customer.test"
+    assert msg["Reply-To"].addresses[0].addr_spec == "support+CAS-1.abc@example.test"
+    assert msg["Subject"] == "Re: Drucker kaputt \u2014 gro\u00dfes Problem"
+    assert msg["Message-ID"] == "<m1@example.test>"
+    assert msg["In-Reply-To"] == "<q@customer.test>"
+    assert msg["References"] == "<p@customer.test> <q@customer.test>"
+    assert msg["Auto-Submitted"] == "auto-replied" and msg["X-Auto-Response-Suppress"] == "All"
+    assert msg["Date"].datetime == NOW
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == draft().text
+    assert msg.get_body(("html",)).get_content().strip() == "<p>Hello</p>"
+    [attachment] = list(msg.iter_attachments())
+    assert attachment.get_filename() == "r\u00e4port.pdf"
+    assert attachment.get_content() == b"%PDF-1.4 data"
+    assert not msg.defects
+
+
+def test_lines_end_in_crlf_and_stay_short() -> None:
+    raw = wire(draft())
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    assert raw.isascii()
+
+
+def test_plain_text_alone_is_a_single_part() -> None:
+    msg = email.message_from_bytes(wire(draft(html=None, auto_submitted=False)), policy=default)
+    assert msg.get_content_type() == "text/plain"
+    assert msg["Auto-Submitted"] is None
+
+
+def test_customer_text_cannot_start_a_header() -> None:
+    raw = wire(draft(subject="hi\r\nBcc: victim@evil.test", to_name="Eve\nX-Evil: 1"))
+    headers = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert not any(line.startswith((b"Bcc:", b"X-Evil:")) for line in headers)
+    msg = email.message_from_bytes(raw, policy=default)
+    assert msg["Subject"] == "hi Bcc: victim@evil.test"
+
+
+@pytest.mark.parametrize("address", ["a b@customer.test", "x@y.test\r\nBcc: z@evil.test", "<x@y.test>",
+                                     "j\u00f6rg@customer.test", "no-at-sign"])
+def test_an_address_that_cannot_be_written_safely_is_refused(address: str) -> None:
+    with pytest.raises(ValueError):
+        wire(draft(to_addr=address))

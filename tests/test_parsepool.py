@@ -1,0 +1,104 @@
+"""A backlog is parsed in a worker process while the writer stores the batch before it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from conftest import Env, mail
+from maild import config as config_mod
+from maild import inbound
+from maild.app import App
+from maild.errors import ParseError
+from maild.parsepool import POOL_FROM, Parser, parse_one
+from maild.processing import IntakeRunner
+
+BACKLOG = 2 * POOL_FROM + 5
+
+
+def letters(count: int) -> list[bytes]:
+    return [mail(subject=f"Question {n}", message_id=f"<q{n}@customer.test>",
+                 sender=f"Customer {n} <c{n}@customer.test>") for n in range(count)]
+
+
+@pytest.fixture
+def app(env: Env) -> Iterator[App]:
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    queue = app.registry.queue_id("support")
+    for raw in letters(BACKLOG):
+        inbound.add(app.factory, [queue], raw, source="test", now=datetime.now(UTC))
+    yield app
+    app.close()
+
+
+def test_a_worker_parses_exactly_as_the_writer_would() -> None:
+    raws = [*letters(POOL_FROM), b"\x00 not mail at all"]
+    parser = Parser(workers=1)
+    try:
+        pending = parser.submit(raws)
+        assert pending.in_worker
+        got = pending.result()
+    finally:
+        parser.close()
+    want = [parse_one(raw) for raw in raws]
+    assert got[:-1] == want[:-1]
+    assert isinstance(got[-1], ParseError) and str(got[-1]) == str(want[-1])
+
+
+def test_a_small_batch_is_parsed_in_process() -> None:
+    parser = Parser(workers=1)
+    pending = parser.submit(letters(POOL_FROM - 1))
+    assert not pending.in_worker and parser._pool is None  # no worker started for a trickle
+    assert len(pending.result()) == POOL_FROM - 1
+
+
+def runner(app: App) -> IntakeRunner:
+    return IntakeRunner(app.factory, app.intake_context, batch=POOL_FROM, parser=Parser(workers=1))
+
+
+def claimed_rows(env: Env) -> int:
+    return env.count("SELECT count(*) FROM inbound_message WHERE state = 'received' AND claimed_until IS NOT NULL")
+
+
+def test_a_backlog_drains_into_one_case_per_message(env: Env, app: App) -> None:
+    intake = runner(app)
+    try:
+        assert intake.run_once() == POOL_FROM
+        assert claimed_rows(env) == POOL_FROM, "the next batch is claimed and parsing while this one is written"
+        while intake.run_once():
+            pass
+    finally:
+        intake.close()
+    assert env.count("SELECT count(*) FROM cases") == BACKLOG
+    assert env.count("SELECT count(*) FROM inbound_message WHERE state = 'processed'") == BACKLOG
+    assert env.count("SELECT count(DISTINCT case_id) FROM inbound_message") == BACKLOG
+
+
+def test_stopping_hands_back_the_batch_claimed_ahead(env: Env, app: App) -> None:
+    intake = runner(app)
+    intake.run_once()
+    intake.close()
+    assert claimed_rows(env) == 0, "another worker may take them at once"
+    IntakeRunner(app.factory, app.intake_context, batch=BACKLOG).run_once()
+    assert env.count("SELECT count(*) FROM cases") == BACKLOG
+
+
+def test_a_parser_process_that_dies_costs_no_message(env: Env, app: App) -> None:
+    intake = runner(app)
+    try:
+        intake.run_once()
+        pool = intake.parser._pool
+        assert pool is not None
+        for pid in list(pool._processes):  # the worker crashes mid-batch, as a parser bug could make it
+            os.kill(pid, signal.SIGKILL)
+        while intake.run_once():
+            pass
+    finally:
+        intake.close()
+    assert env.count("SELECT count(*) FROM cases") == BACKLOG
+    assert env.count("SELECT count(*) FROM inbound_message WHERE state = 'quarantined'") == 0

@@ -91,6 +91,7 @@ class Options:
     output: Path | None
     maild: Path
     keep: bool
+    parse_workers: int | None = None  # maild's intake.parse_workers; None: its default
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -110,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--maild", type=Path, default=Path(sys.executable).with_name("maild"),
                    help="the maild command to benchmark (default: next to this Python)")
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (Dovecot, maild configs, logs, SQLite)")
+    p.add_argument("--parse-workers", type=int, choices=range(0, 9), metavar="N",
+                   help="maild's intake.parse_workers (default: unset, maild's own default)")
     a = p.parse_args(argv)
     if a.messages < 2 or a.small < 0 or a.customers < 1 or a.timeout <= 0 or a.workers < 0:
         p.error("--messages must be >= 2, --customers >= 1, --timeout > 0, --small and --workers >= 0")
@@ -118,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     if a.small >= a.messages:
         p.error("--small must be smaller than --messages (or 0 to skip it)")
     return Options(a.messages, a.small, a.customers, a.database_url, a.workers, a.batch, a.seed, a.timeout,
-                   a.output, a.maild, a.keep)
+                   a.output, a.maild, a.keep, a.parse_workers)
 
 
 # Dovecot -----------------------------------------------------------------------------
@@ -364,7 +367,8 @@ def make_install(opts: Options, account: Account, messages: int, stack: ExitStac
     """intake.py's installation (SMTP intake off, outgoing Maildir), reading ``account`` for support@."""
     install_opts = bench_intake.Options(
         mode="imap", messages=messages, clients=1, customers=opts.customers, database_url=opts.database_url,
-        seed=opts.seed, timeout=opts.timeout, output=None, maild=opts.maild, keep=opts.keep, profile=None)
+        seed=opts.seed, timeout=opts.timeout, output=None, maild=opts.maild, keep=opts.keep, profile=None,
+        parse_workers=opts.parse_workers)
     install = bench_intake.create_install(install_opts, stack, deadline, extra=account.toml(opts.batch))
     engine = sa.create_engine(install.db_url)
     stack.callback(engine.dispose)  # before the schema is dropped: no connection may hold it

@@ -104,6 +104,7 @@ class Options:
     profile: Path | None
     suggest: int = 0  # knowledge articles a rule adds to every acknowledgement (0: the feature is off)
     articles: int = 1000  # published articles seeded when suggest > 0
+    parse_workers: int | None = None  # intake.parse_workers; None: maild's default
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -126,13 +127,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    help="a rule adds up to N knowledge articles to every acknowledgement (default 0: off)")
     p.add_argument("--articles", type=int, default=1000,
                    help="with --suggest: published articles seeded from the corpus's own text (default 1000)")
+    p.add_argument("--parse-workers", type=int, choices=range(0, 9), metavar="N",
+                   help="maild's intake.parse_workers (default: unset, maild's own default)")
     a = p.parse_args(argv)
     if a.messages < 2 or a.clients < 1 or a.customers < 1 or a.timeout <= 0:
         p.error("--messages must be >= 2, --clients and --customers >= 1, --timeout > 0")
     if a.profile and a.mode == "smtp":
         p.error("--profile is for --mode inject or store (the daemon's work runs in threads cProfile does not see)")
     return Options(a.mode, a.messages, a.clients, a.customers, a.database_url, a.seed, a.timeout, a.output,
-                   a.maild, a.keep, a.profile, a.suggest, a.articles)
+                   a.maild, a.keep, a.profile, a.suggest, a.articles, a.parse_workers)
 
 
 class Deadline:
@@ -417,7 +420,7 @@ rules = "{rules}"
 poll_interval = 1.0
 max_attempts = 5
 lease_seconds = 300
-
+{parse_workers}
 [intake.smtp]
 enabled = {smtp_enabled}
 host = "127.0.0.1"
@@ -542,6 +545,7 @@ def create_install(opts: Options, stack: ExitStack, deadline: Deadline, extra: s
     config.write_text(CONFIG.format(
         db_url=db_url, templates=(REPO / "templates").as_posix(), rules=rules.as_posix(),
         smtp_enabled="true" if opts.mode == "smtp" else "false", port=port, ack_limit=opts.messages + 1,
+        parse_workers="" if opts.parse_workers is None else f"parse_workers = {opts.parse_workers}\n",
     ) + extra)
     install = Install(path, config, db_url, database, port, opts.maild)
     _check(run_command(install.command("db", "upgrade"), deadline), "maild db upgrade")

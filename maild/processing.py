@@ -2,7 +2,8 @@
 
 Parsing happens outside the write transaction. With a backlog, the next batch is claimed
 before the current one is written and parsed meanwhile in a worker process
-(maild.parsepool), so parsing and writing use two CPUs. The claimed batch is written in one transaction, each message inside a savepoint of its own: one
+(maild.parsepool, `intake.parse_workers`), so parsing and writing use two CPUs. The claimed
+batch is written in one transaction, each message inside a savepoint of its own: one
 commit (one fsync) per batch instead of per message, while whatever goes wrong with one
 message rolls back only that message, which is quarantined with its reason in the same
 commit. A temporary database failure defers the whole batch.

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -320,14 +320,24 @@ def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
     )
 
 
+# Lookups every message makes, built once and run on the connection: through the ORM,
+# building and routing each statement cost more than running it. Nothing they read is
+# pending in the session (each earlier message was flushed when its savepoint closed).
+_DUPLICATE = (select(Activity.case_id)
+              .where(Activity.message_id == bindparam("message_id"), Activity.kind == INCOMING_EMAIL).limit(1))
+_RECENT_ACKS = select(func.count()).where(
+    OutboundMessage.recipient == bindparam("recipient"),
+    OutboundMessage.kind.in_([ACKNOWLEDGEMENT, REFUSAL]),  # every auto-answer counts
+    OutboundMessage.created_at > bindparam("since", type_=OutboundMessage.created_at.type),
+)
+_NEXT = update(Counter).where(Counter.name == bindparam("counter")).values(value=Counter.value + 1) \
+    .returning(Counter.value)
+
+
 def _duplicate_case(session: Session, message_id: str | None) -> int | None:
     if not message_id:
         return None
-    return session.scalar(
-        select(Activity.case_id)
-        .where(Activity.message_id == message_id, Activity.kind == INCOMING_EMAIL)
-        .limit(1)
-    )
+    return session.connection().execute(_DUPLICATE, {"message_id": message_id}).scalar()
 
 
 def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage, now: datetime) -> str | None:
@@ -362,13 +372,8 @@ def _reference(session: Session, case_id: int) -> str | None:
 
 
 def _recent_acks(session: Session, recipient: str, now: datetime) -> int:
-    return session.scalar(
-        select(func.count()).where(
-            OutboundMessage.recipient == recipient,
-            OutboundMessage.kind.in_([ACKNOWLEDGEMENT, REFUSAL]),  # every auto-answer counts
-            OutboundMessage.created_at > now - timedelta(hours=1),
-        )
-    ) or 0
+    found = session.connection().execute(_RECENT_ACKS, {"recipient": recipient, "since": now - timedelta(hours=1)})
+    return int(found.scalar() or 0)
 
 
 def _finish(inbound: InboundMessage, outcome: str, case_id: int | None, now: datetime) -> None:
@@ -675,9 +680,7 @@ def next_number(session: Session, name: str = "case") -> int:
     """
     if name == "case" and session.get_bind().dialect.name == "postgresql":
         return int(session.execute(text("SELECT nextval('case_number_seq')")).scalar_one())
-    value = session.execute(
-        update(Counter).where(Counter.name == name).values(value=Counter.value + 1).returning(Counter.value)
-    ).scalar_one_or_none()
+    value = session.connection().execute(_NEXT, {"counter": name}).scalar_one_or_none()
     if value is None:
         session.add(Counter(name=name, value=1))
         session.flush()

@@ -44,12 +44,15 @@ def find(session: Session, contact_id: int | None, account_id: int | None, chann
     return next((e for e in covering if e.remaining > 0), covering[0] if covering else None)
 
 
+_ANY = "maild.entitlements.any"  # the session.info key any_exist() remembers its answer under
+
+
 def any_exist(session: Session) -> bool:
     """Whether any entitlement exists, asked once per transaction: most installations have
     none, and then a new case need not look (an intake batch is one transaction)."""
-    known = session.info.get("maild.entitlements.any")
+    known = session.info.get(_ANY)
     if known is None:
-        known = session.info["maild.entitlements.any"] = session.scalar(select(Entitlement.id).limit(1)) is not None
+        known = session.info[_ANY] = session.scalar(select(Entitlement.id).limit(1)) is not None
     return bool(known)
 
 
@@ -151,7 +154,7 @@ def add(factory: sessionmaker[Session], spec: NewEntitlement, *, actor: str, now
                           channels=list(spec.channels), sla=spec.sla, decrement_on=spec.decrement_on,
                           on_exhausted=spec.on_exhausted, created_at=now)
         session.add(ent)
-        session.info["maild.entitlements.any"] = True
+        session.info[_ANY] = True
         session.flush()
         _audit(session, None, actor, "entitlement_added", now, ent)
         return ent.id

@@ -118,11 +118,8 @@ def _attachment(att: FileAttachment) -> Message:
     part.set_payload(att.content)
     encoders.encode_base64(part)
     filename = one_line(att.filename)
-    if filename:
-        part.add_header("Content-Disposition", "attachment",
-                        filename=filename if filename.isascii() else ("utf-8", "", filename))
-    else:
-        part.add_header("Content-Disposition", "attachment")
+    named = {"filename": filename if filename.isascii() else ("utf-8", "", filename)} if filename else {}
+    part.add_header("Content-Disposition", "attachment", **named)
     return part
 
 

@@ -17,6 +17,7 @@ import inscriptis  # type: ignore[import-untyped, unused-ignore]
 import mailparser  # type: ignore[import-untyped, unused-ignore]
 import nh3
 from mailparser_reply import EmailMessage as ReplyText  # type: ignore[import-untyped, unused-ignore]
+from mailparser_reply import EmailReply  # type: ignore[import-untyped, unused-ignore]
 
 from maild.errors import ParseError
 from maild.msgids import normalise_message_id, split_message_ids
@@ -289,10 +290,10 @@ def _strip_quoted(text: str) -> str:
         return interleaved
     head = text[:_STRIP_LIMIT]
     message = ReplyText(text=head, languages=list(_REPLY_LANGUAGES))  # normalises the text, finds nothing yet
-    if not _may_hold_quote_header(message.text):
-        # What read() would lead to, without its ~2 ms regular expression over every line.
-        return text if len(text) > len(head) else message.text.strip() or text
-    message.read()
+    if _may_hold_quote_header(message.text):
+        message.read()
+    else:  # what read() finds, without its ~2 ms regular expression over every line: one reply
+        message.replies = [EmailReply(content=message.text)]
     if len(text) > len(head) and len(message.replies) < 2:
         # No quote header in the head: the whole long text is the latest reply.
         return text

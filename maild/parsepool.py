@@ -77,11 +77,10 @@ class Parser:
             return Pending(raws, None, self._discard)
 
     def _discard(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Drop a broken pool without waiting for it; the next backlog starts a new one."""
+        self.close(wait=False)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)

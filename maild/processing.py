@@ -26,7 +26,6 @@ from maild.db import is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
 from maild.liveness import worker_id
 from maild.models import QUARANTINED, InboundMessage, Queue
-from maild.parse import ParsedMail
 from maild.parsepool import Parsed, Parser, Pending, parse_one
 from maild.runner import Runner
 
@@ -125,7 +124,7 @@ class IntakeRunner(Runner):
         return outcomes
 
     def _apply_one(self, session: Session, ctx: IntakeContext, item: inbound.Claimed,
-                   mail: ParsedMail | ParseError) -> Outcome:
+                   mail: Parsed) -> Outcome:
         logs.bind_message(None if isinstance(mail, ParseError) else mail.message_id)
         if isinstance(mail, ParseError):
             return self._quarantine(session, item, f"cannot parse: {mail}")
@@ -171,7 +170,7 @@ class IntakeRunner(Runner):
                 return  # the leases run out by themselves
 
     @staticmethod
-    def _log(ctx: IntakeContext, item: inbound.Claimed, mail: ParsedMail | ParseError, outcome: Outcome) -> None:
+    def _log(ctx: IntakeContext, item: inbound.Claimed, mail: Parsed, outcome: Outcome) -> None:
         sender = None if isinstance(mail, ParseError) else mail.sender_email
         msgid = None if isinstance(mail, ParseError) else mail.message_id
         logs.bind_message(msgid, outcome.reference)

@@ -721,7 +721,7 @@ def _start_sla(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMai
         return
     assert ctx.calendar is not None
     queue = ctx.queue_name(case.queue_id)
-    facts = case_facts(session, mail, queue, case.priority, case.subject_id, ctx.calendar.is_open(now),
+    facts = case_facts(session, ctx.rules, mail, queue, case.priority, case.subject_id, ctx.calendar.is_open(now),
                        charge.entitlement.name if charge.entitlement else None)
     chosen = sla.choose(ctx.rules, facts, queue, charge.entitlement.sla if charge.entitlement else None)
     if chosen is not None:

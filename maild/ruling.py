@@ -32,19 +32,28 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
     if not rules.creation and not rules.routing:
         return None
     stored = session.get(Case, case.id) if case else None  # loaded with the snapshot: no query
-    facts = facts_for(mail, queue=queue, customer=customer_record(session, mail.sender_email),
+    customer = customer_record(session, mail.sender_email) if explain else _customer(session, rules, mail)
+    facts = facts_for(mail, queue=queue, customer=customer,
                       case_priority=stored.priority if stored else None,
                       case_subject=subjects.path_of(session, stored.subject_id) if stored else None,
                       business_hours=calendar.is_open(received_at))
     return evaluate(rules, facts, queue, explain=explain)
 
 
-def case_facts(session: Session, mail: ParsedMail, queue: str, priority: str, subject_id: int | None,
-               business_hours: bool, entitlement: str | None = None) -> Facts:
+def case_facts(session: Session, rules: RuleSet, mail: ParsedMail, queue: str, priority: str,
+               subject_id: int | None, business_hours: bool, entitlement: str | None = None) -> Facts:
     """The facts of a message and the case it just opened (for choosing the case's SLA)."""
-    return facts_for(mail, queue=queue, customer=customer_record(session, mail.sender_email), case_priority=priority,
+    return facts_for(mail, queue=queue, customer=_customer(session, rules, mail), case_priority=priority,
                      case_subject=subjects.path_of(session, subject_id), business_hours=business_hours,
                      entitlement=entitlement)
+
+
+_CUSTOMER_FIELDS = frozenset({"customer_tier", "customer_account"})
+
+
+def _customer(session: Session, rules: RuleSet, mail: ParsedMail) -> Customer:
+    # Looked up only when some rule tests it: otherwise a query per message bought nothing.
+    return customer_record(session, mail.sender_email) if rules.fields_tested & _CUSTOMER_FIELDS else Customer()
 
 
 def customer_record(session: Session, email: str | None) -> Customer:

@@ -212,6 +212,54 @@ def test_suggestions_search_by_a_messages_most_telling_words(env: Env) -> None:
     assert len(common) == 8
 
 
+def test_suggestions_follow_articles_published_edited_and_archived_meanwhile(env: Env) -> None:
+    """Suggestions rank titles and keywords in an index each process keeps; a change made by
+    another process (the command line) is seen by the next transaction, one made in the same
+    transaction at once."""
+    from maild import knowledge
+    from maild.app import load_app
+    from maild.db import transaction
+
+    vpn = add(env, "VPN client setup", "Install it.")
+    app = load_app(env.config)
+
+    def suggested(subject: str) -> list[int]:
+        with transaction(app.factory) as session:
+            return [r["number"] for r in knowledge.suggestions(session, subject, "", 3)]
+
+    try:
+        assert suggested("vpn problem") == [vpn]
+        token = add(env, "VPN token expired", "Ask for a new token.", publish=False)
+        assert suggested("vpn token") == [vpn], "a draft is not suggested"
+        env.ok("kb", "publish", str(token))
+        assert suggested("vpn token") == [token, vpn], "published elsewhere: seen"
+        env.ok("kb", "edit", str(vpn), "--title", "Remote access client setup")
+        assert suggested("vpn token") == [token], "a published article's new title replaces the old"
+        assert suggested("remote access") == [vpn]
+        env.ok("kb", "archive", str(token))
+        assert suggested("vpn token") == [], "archived: no longer suggested"
+        with transaction(app.factory) as session:
+            art = knowledge.add(session, knowledge.Text(title="Token reset"), author="t", now=app.clock())
+            knowledge.set_state(session, art, "published", now=app.clock())
+            assert [r["number"] for r in knowledge.suggestions(session, "token", "", 3)] == [art.number], \
+                "published in this transaction: seen in it"
+    finally:
+        app.close()
+
+
+def test_headings_rank_rare_words_and_titles_first() -> None:
+    from maild.kbheadings import Index
+
+    tips = [(i, i, f"Printer tip {i}", "", "") for i in range(4, 10)]
+    index = Index.build(7, [(1, 1, "Printer setup", "printer, paper", ""), (2, 2, "Printer fuser", "", ""),
+                            (3, 3, "Account settings", "fuser", "Open Settings."), *tips])
+    assert [i for _, i in index.rank(["fuser"], 10)] == [2, 3], "a title weighs more than a keyword"
+    assert [i for _, i in index.rank(["printer", "fuser"], 10)][0] == 2, "the rare word decides"
+    assert [i for _, i in index.rank(["printer", "fuser"], 2)] == [2, 3]
+    assert index.rank(["nowhere"], 10) == [] and index.generation == 7
+    assert index.shown[3].excerpt == "Open Settings."
+
+
 def test_suggestions_prefer_titles_and_keywords_and_fill_up_from_bodies(env: Env) -> None:
     from maild import knowledge
     from maild.app import load_app

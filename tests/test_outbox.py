@@ -76,3 +76,30 @@ def test_customer_text_cannot_start_a_header() -> None:
 def test_an_address_that_cannot_be_written_safely_is_refused(address: str) -> None:
     with pytest.raises(ValueError):
         wire(draft(to_addr=address))
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"html": None}, {"subject": "Re: " + "a fairly long plain subject line " * 4},
+    {"subject": "ASCII only", "to_name": "Plain Name", "references": tuple(f"<r{i}@x.test>" for i in range(30))},
+    {"subject": "  spaced  ", "attachments": (FileAttachment("notes.txt", "text/plain", b"=_ hello\n" * 50),)},
+])
+def test_headers_are_written_as_compat32_writes_them(changes: dict[str, object]) -> None:
+    """maild's wire policy writes short ASCII headers without compat32's Header.encode; the
+    bytes must be the ones compat32 itself writes."""
+    from email.policy import compat32
+
+    msg = compose(draft(**changes), "<m1@example.test>", NOW)
+    assert as_bytes(msg) == msg.as_bytes(policy=compat32.clone(linesep="\r\n"))
+
+
+def test_multipart_boundaries_are_fresh_and_absent_from_the_parts() -> None:
+    attachment = FileAttachment("data.bin", "application/octet-stream", bytes(range(256)) * 20)
+    raws = [wire(draft(attachments=(attachment,))) for _ in range(2)]
+    boundaries = [email.message_from_bytes(raw).get_boundary() for raw in raws]
+    assert boundaries[0] != boundaries[1], "a new boundary for every message"
+    for raw, boundary in zip(raws, boundaries):
+        assert boundary is not None and raw.count(boundary.encode()) == 4, \
+            "in its header, before each of the two parts and at the end: nowhere else"
+        parsed = email.message_from_bytes(raw, policy=default)
+        assert [p.get_content_type() for p in parsed.walk()] == [
+            "multipart/mixed", "multipart/alternative", "text/plain", "text/html", "application/octet-stream"]

@@ -244,3 +244,24 @@ def test_the_shipped_examples_load_against_the_example_config() -> None:
     assert load(REPO / "rules", queues=cfg.queues, agents=[]).files == (), "the default installs no active rules"
     spam = evaluate(rules, facts(mail(subject="You won the lottery")), "support")
     assert spam.action == "quarantine"
+
+
+def test_the_fields_the_rules_test_are_known_so_intake_reads_only_those(tmp_path: Path) -> None:
+    """Intake looks the sender's customer record up only when some rule tests customer_tier
+    or customer_account: in a creation or routing rule, nested in any/all/not, or an SLA's."""
+    folder = write(tmp_path, "10.toml", """
+[[creation]]
+name = "vip"
+when = { any = [ { field = "subject", contains = "x" }, { not = { field = "customer_account", equals = "a" } } ] }
+
+[[routing]]
+name = "r"
+when = { all = [ { field = "from_domain", equals = "x.test" } ] }
+queue = "support"
+""")
+    assert load(folder, queues=QUEUES, agents=AGENTS).fields_tested == {"subject", "customer_account", "from_domain"}
+    (folder / "10.toml").write_text('[[sla]]\nname = "gold"\nwhen = { field = "customer_tier", equals = "gold" }\n'
+                                    'first_response = { warn_after = "10m", fail_after = "15m" }\n')
+    assert load(folder, queues=QUEUES, agents=AGENTS).fields_tested == {"customer_tier"}
+    (folder / "10.toml").write_text('[[creation]]\nname = "all"\nset = { priority = "high" }\n')
+    assert load(folder, queues=QUEUES, agents=AGENTS).fields_tested == frozenset()

@@ -153,6 +153,17 @@ def _pattern(value: str, where: str, sensitive: bool) -> re.Pattern[str]:
         raise ConditionError(where, f"invalid regular expression: {exc}") from None
 
 
+def fields(cond: Condition | None) -> frozenset[str]:
+    """Every field ``cond`` tests."""
+    if cond is None:
+        return frozenset()
+    if isinstance(cond, Test):
+        return frozenset((cond.field,))
+    if isinstance(cond, Not):
+        return fields(cond.item)
+    return frozenset().union(*(fields(c) for c in cond.items))
+
+
 def holds(cond: Condition, facts: Facts) -> bool:
     """Whether ``cond`` holds for ``facts`` (the fast path: no explanation)."""
     if isinstance(cond, Test):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,6 +103,13 @@ class RuleSet:
     files: tuple[Path, ...] = ()
     subjects: tuple[str, ...] = ()  # every path of the tree, parents included, in file order
     slas: tuple[SlaRule, ...] = ()  # the first that applies to a new case is its SLA
+
+    @cached_property
+    def fields_tested(self) -> frozenset[str]:
+        """Every fact some rule's condition looks at: intake reads from the database only those."""
+        found = [c.condition for c in self.creation] + [r.condition for r in self.routing] \
+            + [s.condition for s in self.slas]
+        return frozenset().union(*(conditions.fields(c) for c in found))
 
 
 def load(directory: Path, *, queues: Iterable[str], agents: Iterable[str], teams: Iterable[str] = (),

@@ -6,23 +6,27 @@ backlog, a worker process parses the next batch while the writer turns the curre
 into cases, so a second core does the parsing. A batch smaller than ``POOL_FROM`` (a
 quiet mailbox, a test) is parsed in-process: starting a worker costs more than it saves.
 
-Workers are forked from a fork server that imported this module and the parser only
-(about 30 MiB, where a worker spawned from the ``maild`` command would import all of maild
-again): the daemon runs threads, and a fork of a threaded process can inherit a lock some
-other thread held. A worker that dies (a parser crash) costs its batch nothing: the batch
-is parsed in-process instead, and a new pool starts.
+Workers are plain interpreters running maild.parseworker, fed through pipes: they import
+the parser only, and nothing is forked from the daemon (it runs threads, and a fork of a
+threaded process can inherit a lock another thread held). Each worker has a thread here
+that sends it one chunk and reads the answer before sending the next, so neither end can
+block writing while the other does too. A worker that dies (a parser crash) costs its
+batch nothing: the batch is parsed in-process instead, and new workers start with the
+next backlog.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import subprocess
+import sys
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from collections.abc import Callable
+from typing import IO, cast
 
 from maild.errors import ParseError
 from maild.parse import ParsedMail, parse
+from maild.parseworker import read_frame, write_frame
 
 log = logging.getLogger("maild.intake")
 
@@ -38,19 +42,61 @@ def parse_one(raw: bytes) -> Parsed:
         return exc
 
 
+class WorkerGone(Exception):
+    """A worker process exited or its pipe broke; its chunk is parsed in-process."""
+
+
+class Worker:
+    """One ``python -m maild.parseworker`` and the thread that talks to it."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "maild.parseworker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="maild-parse")
+
+    def submit(self, raws: list[bytes]) -> Future[list[Parsed]]:
+        return self._thread.submit(self._round_trip, raws)
+
+    def _round_trip(self, raws: list[bytes]) -> list[Parsed]:
+        try:
+            write_frame(cast(IO[bytes], self.process.stdin), raws)
+            return cast(list[Parsed], read_frame(cast(IO[bytes], self.process.stdout)))
+        except (EOFError, OSError, ValueError) as exc:  # ValueError: a pipe closed here meanwhile
+            raise WorkerGone(str(exc)) from exc
+
+    def close(self, wait: bool) -> None:
+        """Close its stdin (the worker then exits); without ``wait``, kill it at once."""
+        if not wait:
+            self.process.kill()
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+        self._thread.shutdown(wait=wait, cancel_futures=True)
+        try:
+            self.process.wait(timeout=10 if wait else 1)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 class Pending:
     """A batch being parsed; ``result()`` waits for it, in the batch's order."""
 
-    def __init__(self, raws: list[bytes], results: Iterator[Parsed] | None, on_broken: Callable[[], None]) -> None:
-        self.raws, self._results, self._on_broken = raws, results, on_broken
-        self.in_worker = results is not None
+    def __init__(self, raws: list[bytes], chunks: list[Future[list[Parsed]]] | None,
+                 on_broken: Callable[[], None]) -> None:
+        self.raws, self._chunks, self._on_broken = raws, chunks, on_broken
+        self.in_worker = chunks is not None
 
     def result(self) -> list[Parsed]:
-        if self._results is not None:
+        if self._chunks is not None:
             try:
-                return list(self._results)
-            except BrokenProcessPool:
-                log.warning("a parser process died; parsing %d message(s) in-process instead", len(self.raws))
+                return [parsed for chunk in self._chunks for parsed in chunk.result()]
+            except (WorkerGone, CancelledError) as exc:  # cancelled: its workers were dropped already
+                log.warning("a parser process died (%s); parsing %d message(s) in-process instead", exc,
+                            len(self.raws))
                 self._on_broken()
         return [parse_one(raw) for raw in self.raws]
 
@@ -60,27 +106,22 @@ class Parser:
 
     def __init__(self, workers: int = 0) -> None:
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers: list[Worker] = []
 
     def submit(self, raws: list[bytes]) -> Pending:
         if self.workers <= 0 or len(raws) < POOL_FROM:
             return Pending(raws, None, self._discard)
-        if self._pool is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-        chunk = -(-len(raws) // self.workers)  # one task per worker: fewer round trips
-        try:
-            return Pending(raws, self._pool.map(parse_one, raws, chunksize=chunk), self._discard)
-        except BrokenProcessPool:
-            self._discard()
-            return Pending(raws, None, self._discard)
+        if not self._workers:
+            self._workers = [Worker() for _ in range(self.workers)]
+        size = -(-len(raws) // len(self._workers))  # one chunk per worker: fewer round trips
+        chunks = [raws[i:i + size] for i in range(0, len(raws), size)]
+        return Pending(raws, [w.submit(c) for w, c in zip(self._workers, chunks)], self._discard)
 
     def _discard(self) -> None:
-        """Drop a broken pool without waiting for it; the next backlog starts a new one."""
+        """Drop broken workers without waiting for them; the next backlog starts new ones."""
         self.close(wait=False)
 
     def close(self, wait: bool = True) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=wait, cancel_futures=True)
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close(wait)

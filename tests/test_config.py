@@ -178,3 +178,11 @@ def test_workers_starting_together_share_one_reply_token_key(tmp_path: Path) -> 
             t.join(10)
         assert len(keys) == 8 and len(set(keys)) == 1
         assert [p.name for p in path.parent.iterdir()] == ["reply-token.key"], "no temporary files left"
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 0), (2, 1), (16, 1), (None, 0)])
+def test_one_parse_worker_by_default_where_there_is_a_second_cpu(monkeypatch: pytest.MonkeyPatch, cpus: int | None,
+                                                                 workers: int) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    assert config.IntakeConfig().parse_workers == workers
+    assert config.IntakeConfig(parse_workers=3).parse_workers == 3

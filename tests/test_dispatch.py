@@ -160,3 +160,39 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     assert 27 <= backoff(1, 30, 3600) <= 33
     assert 108 <= backoff(3, 30, 3600) <= 132
     assert backoff(20, 30, 3600) <= 3960
+
+
+def test_a_failure_mid_batch_keeps_what_was_sent_and_parks_only_the_message_in_flight(env: Env) -> None:
+    """A row's result is written with the next row's 'sending' mark; when the transport
+    raises something unforeseen, the rows already sent are still recorded as sent."""
+
+    class BreaksOnSecond(MemoryTransport):
+        broke = False
+
+        def send(self, envelope):  # type: ignore[no-untyped-def]
+            if len(self.sent) == 1 and not self.broke:
+                self.broke = True
+                raise RuntimeError("a bug in a transport")
+            super().send(envelope)
+
+    app = _queued(env, count=3)
+    clock = FakeClock()
+    transport = BreaksOnSecond()
+    try:
+        runner = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock)
+        try:
+            runner.run_once()
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the transport's error reached the runner")
+        assert sorted(_states(env)) == [("pending", 0), ("sending", 1), ("sent", 1)]
+        [sent] = [r for r in env.json("outbox", "list") if r["state"] == "sent"]
+        case = env.json("cases", "show", sent["case"])
+        assert [a["sent_at"] is not None for a in case["activities"] if a["kind"] == "outgoing_email"] == [True]
+        clock.now += timedelta(minutes=6)
+        assert runner.run_once() == 1, "the untouched row is sent later; the one in flight is parked"
+    finally:
+        app.engine.dispose()
+    assert sorted(_states(env)) == [("sent", 1), ("sent", 1), ("unknown", 1)]
+    assert len(transport.sent) == 2

@@ -53,7 +53,7 @@ def test_a_worker_parses_exactly_as_the_writer_would() -> None:
 def test_a_small_batch_is_parsed_in_process() -> None:
     parser = Parser(workers=1)
     pending = parser.submit(letters(POOL_FROM - 1))
-    assert not pending.in_worker and parser._pool is None  # no worker started for a trickle
+    assert not pending.in_worker and parser._workers == []  # no worker started for a trickle
     assert len(pending.result()) == POOL_FROM - 1
 
 
@@ -92,10 +92,10 @@ def test_a_parser_process_that_dies_costs_no_message(env: Env, app: App) -> None
     intake = runner(app)
     try:
         intake.run_once()
-        pool = intake.parser._pool
-        assert pool is not None
-        for pid in list(pool._processes):  # the worker crashes mid-batch, as a parser bug could make it
-            os.kill(pid, signal.SIGKILL)
+        workers = intake.parser._workers
+        assert workers
+        for worker in workers:  # the worker crashes mid-batch, as a parser bug could make it
+            os.kill(worker.process.pid, signal.SIGKILL)
         while intake.run_once():
             pass
     finally:

@@ -8,15 +8,14 @@ in step here whenever a version is written, and a generated, GIN-indexed tsvecto
 adds ``kb_fts_headings``, titles and keywords alone, for suggestions). Both
 tokenise the same way (lower case, no stemming, every term required), so the same simple
 query finds the same articles; relevance is then boosted by how often an article resolved
-cases and how it was rated. Suggestions in acknowledgements rank titles and keywords in
-an index each process keeps in memory (maild.kbheadings), and search bodies only for
-places left over.
+cases and how it was rated. Suggestions in acknowledgements choose a message's telling
+words and rank titles and keywords in what each process keeps in memory (maild.kbindex),
+and search bodies only for places left over.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild import kbheadings, sla, subjects
+from maild import kbindex, sla, subjects
 from maild.db import transaction
 from maild.errors import MaildError, NotFound
 from maild.kbtext import excerpt, terms
@@ -132,7 +131,7 @@ def set_state(session: Session, art: KbArticle, state: str, *, now: datetime) ->
     if state == KB_PUBLISHED and art.published_at is None:
         art.published_at = now
     if before != state:
-        kbheadings.bump(session)
+        kbindex.bump(session)
     return f"article {art.number}: {before} -> {state}"
 
 
@@ -154,7 +153,7 @@ def _write_version(session: Session, art: KbArticle, row: KbArticleVersion, t: T
     session.add(row)
     session.flush()
     if art.state != KB_DRAFT:
-        kbheadings.bump(session)
+        kbindex.bump(session)
     if session.get_bind().dialect.name == "sqlite":
         session.execute(text("DELETE FROM kb_fts WHERE rowid = :id"), {"id": art.id})
         session.execute(text("INSERT INTO kb_fts (rowid, title, keywords, body) VALUES (:id, :t, :k, :b)"),
@@ -280,14 +279,15 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
         return []
     words_in = terms(f"{subject or ''} {subject or ''} {(message or '')[:8000]}", most=None)  # every word counts
     tally = Tally(t for t in words_in if t not in _STOPWORDS and len(t) > 2)
-    words = [t for t, _ in tally.most_common(12)]
-    words = _TERM_COUNTS.rarest(session, words)
+    index = _ARTICLES.index(session)
+    # The rarest of its dozen most used words: they say the most about a message, and a
+    # search by them matches a few articles instead of half the knowledge base.
+    words = index.rarest([t for t, _ in tally.most_common(12)])
     if not words:
         return []
-    # Titles and keywords first, from this process's index of them: a title match is the
-    # better suggestion, and asking the database cost more than the rest of a suggestion.
-    # Bodies (searched in the database) only fill the places left.
-    found = _by_headings(session, words, most)
+    # Titles and keywords first, ranked in this process's index (maild.kbindex): a title
+    # match is the better suggestion. Bodies (searched in the database) fill places left.
+    found = _by_headings(session, index, words, most)
     if len(found) < most:
         seen = {f["id"] for f in found}
         found += [r for r in search(session, " ".join(words), limit=most, any_term=True)
@@ -295,82 +295,19 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
     return found
 
 
-# The candidates' counters, read each time: every resolved case and rating changes them,
-# without a new generation. By primary key and without text: the index holds what is shown.
-_COUNTERS = (select(KbArticle.id, KbArticle.times_resolved, KbArticle.helpful_yes, KbArticle.helpful_no)
-             .where(KbArticle.id.in_(bindparam("ids", expanding=True))))
-
-
-def _by_headings(session: Session, words: list[str], most: int) -> list[dict[str, Any]]:
-    """As ``search(..., any_term=True, headings=True)``, ranked in this process's index:
-    ten candidates per place by relevance, then boosted by their counters."""
-    index = _HEADINGS.index(session)
+def _by_headings(session: Session, index: kbindex.Index, words: list[str], most: int) -> list[dict[str, Any]]:
+    """As ``search(..., any_term=True, headings=True)``, in memory: ten candidates per place
+    by relevance, then boosted by their counters."""
+    boosts = _ARTICLES.boosts(session)
     candidates = index.rank(words, most * 10)
-    if not candidates:
-        return []
-    counters = {int(r[0]): r for r in session.connection().execute(_COUNTERS, {"ids": [i for _, i in candidates]})}
-    scored = sorted(((rel * boost(*counters[i][1:]), index.shown[i]) for rel, i in candidates if i in counters),
+    scored = sorted(((rel * boost(*boosts[i]), index.shown[i]) for rel, i in candidates if i in boosts),
                     key=lambda x: (-x[0], x[1].number))[:most]
     return [{"id": a.id, "number": a.number, "title": a.title, "keywords": a.keywords, "state": KB_PUBLISHED,
-             "excerpt": a.excerpt, "score": round(score, 6), "times_resolved": counters[a.id][1]}
+             "excerpt": a.excerpt, "score": round(score, 6), "times_resolved": boosts[a.id][0]}
             for score, a in scored]
 
 
-class TermCounts:
-    """How many articles hold each term (SQLite's ``kb_fts_terms``; on PostgreSQL counted
-    through the GIN index), remembered for a minute.
-
-    Suggestions run inside intake for every new case; asking the index for a dozen counts
-    each time was a third of their cost. A count a minute old only decides which words a
-    suggestion searches by, never what the search finds, so it is safe to reuse.
-    """
-
-    def __init__(self, ttl: float = 60.0, size: int = 50_000) -> None:
-        self.ttl, self.size = ttl, size
-        self._counts: dict[tuple[str, str], tuple[float, int]] = {}  # (database, term) -> (when, articles)
-
-    def rarest(self, session: Session, words: list[str], keep: int = 5) -> list[str]:
-        """The ``keep`` words found in the fewest articles (and in at least one): they say the
-        most about a message, and a search by them scores a few matches instead of half the
-        knowledge base (FTS5 ranks every match of an OR query)."""
-        counts = self.counts(session, words)
-        return [w for n, _, w in sorted((counts[w], i, w) for i, w in enumerate(words)) if n > 0][:keep]
-
-    def counts(self, session: Session, words: list[str]) -> dict[str, int]:
-        bind = session.get_bind()
-        now, db = time.monotonic(), str(bind.engine.url)  # one cache serves every database a process opens
-        known = {w: hit[1] for w in words if (hit := self._counts.get((db, w))) and now - hit[0] < self.ttl}
-        missing = [w for w in words if w not in known]
-        if missing:
-            if len(self._counts) > self.size:
-                self._counts.clear()
-            for w, n in _count_terms(session, missing).items():
-                self._counts[(db, w)] = (now, n)
-                known[w] = n
-        return known
-
-
-_COMMON = 100  # articles: a word in more says little about a message
-
-
-def _count_terms(session: Session, words: list[str]) -> dict[str, int]:
-    if session.get_bind().dialect.name != "sqlite":
-        # Versions, not articles: close enough to choose words by, and no join per match. Counted
-        # up to a cap: past it a word is simply common, and counting on would visit every match.
-        rows = session.execute(text("SELECT w, (SELECT count(*) FROM (SELECT 1 FROM kb_article_version WHERE "
-                                    "kb_fts_document @@ to_tsquery('simple', w) LIMIT :cap) m) "
-                                    "FROM unnest(CAST(:words AS text[])) AS w"), {"words": words, "cap": _COMMON})
-        return {w: int(n) for w, n in rows}
-    # A range per word, in one statement: fts5vocab answers a range from the index, while "="
-    # and "IN" make it count every term of the knowledge base.
-    sql = " UNION ALL ".join(f"SELECT {i} AS i, doc FROM kb_fts_terms WHERE term >= :w{i} AND term <= :w{i}"
-                             for i in range(len(words)))
-    found = {words[i]: doc for i, doc in session.execute(text(sql), {f"w{i}": w for i, w in enumerate(words)})}
-    return {w: int(found.get(w, 0)) for w in words}
-
-
-_TERM_COUNTS = TermCounts()
-_HEADINGS = kbheadings.Headings()
+_ARTICLES = kbindex.Articles()
 
 
 def boost(times_resolved: int, helpful_yes: int, helpful_no: int) -> float:

@@ -200,13 +200,15 @@ def test_suggestions_search_by_a_messages_most_telling_words(env: Env) -> None:
             message = "My printer printer printer smears pages; the fuser, maybe? printer again."
             [first, *_] = knowledge.suggestions(session, "printer trouble", message, 3)
             assert first["number"] == fuser, "the article with the rare word the message carries"
-            # Term counts: SQLite's kb_fts_terms, PostgreSQL's GIN index.
-            counts = knowledge.TermCounts(ttl=3600)
-            words = counts.rarest(session, ["printer", "fuser", "nowhere", "toner"])
+            # Counted over published articles' titles, keywords and bodies, in memory.
+            index = knowledge._ARTICLES.index(session)
+            words = index.rarest(["printer", "fuser", "nowhere", "toner"])
             assert words == ["fuser", "toner", "printer"], "rarest first; words in no article dropped"
-            knowledge.add(session, knowledge.Text(title="Fuser", body="fuser fuser"), author="t", now=app.clock())
-            assert counts.counts(session, ["fuser"]) == {"fuser": 1}, "remembered within the minute"
-            assert knowledge.TermCounts(ttl=0).counts(session, ["fuser"]) == {"fuser": 2}, "then read again"
+            art = knowledge.add(session, knowledge.Text(title="Fuser", body="fuser fuser"), author="t",
+                                now=app.clock())
+            assert knowledge._ARTICLES.index(session).frequency["fuser"] == 1, "a draft does not count"
+            knowledge.set_state(session, art, "published", now=app.clock())
+            assert knowledge._ARTICLES.index(session).frequency["fuser"] == 2
     finally:
         app.close()
     assert len(common) == 8
@@ -247,8 +249,38 @@ def test_suggestions_follow_articles_published_edited_and_archived_meanwhile(env
         app.close()
 
 
+def test_boosting_counters_are_read_at_most_a_minute_old(env: Env) -> None:
+    """Resolved cases and ratings reorder suggestions within a minute (no query per suggestion);
+    a change to the knowledge base reloads them at once."""
+    import sqlalchemy as sa
+
+    from maild import knowledge
+    from maild.app import load_app
+    from maild.db import transaction
+    from maild.kbindex import Articles
+
+    first = add(env, "Printer jam", "Open the tray.")
+    second = add(env, "Printer jam again", "Open the back.")
+    app = load_app(env.config)
+    try:
+        articles = Articles(ttl=3600)
+        with transaction(app.factory) as session:
+            before = articles.boosts(session)
+        with env.engine().begin() as conn:
+            conn.execute(sa.text("UPDATE kb_article SET times_resolved = 5 WHERE number = :n"), {"n": second})
+        with transaction(app.factory) as session:
+            ids = {r["number"]: r["id"] for r in knowledge.search(session, "printer jam", limit=5)}
+            assert articles.boosts(session) == before, "remembered within the minute"
+            assert Articles(ttl=0).boosts(session)[ids[second]] == (5, 0, 0), "then read again"
+        env.ok("kb", "edit", str(first), "--title", "Printer paper jam")
+        with transaction(app.factory) as session:
+            assert articles.boosts(session)[ids[second]] == (5, 0, 0), "the knowledge base changed: read again"
+    finally:
+        app.close()
+
+
 def test_headings_rank_rare_words_and_titles_first() -> None:
-    from maild.kbheadings import Index
+    from maild.kbindex import Index
 
     tips = [(i, i, f"Printer tip {i}", "", "") for i in range(4, 10)]
     index = Index.build(7, [(1, 1, "Printer setup", "printer, paper", ""), (2, 2, "Printer fuser", "", ""),

@@ -54,21 +54,22 @@ class DispatchRunner(Runner):
         self.config = config
         self.clock = clock
         self.batch = batch
+        self._unrecorded: Result | None = None  # the last send's result, until a commit records it
 
     def run_once(self) -> int:
         now = self.clock()
         self._park_interrupted(now)
         ids = self._claim(now)
-        result: Result | None = None
         try:
             for row_id in ids:
                 if self.stopping.is_set():
                     break
-                result = self._send_one(row_id, result)
+                self._unrecorded = self._send_one(row_id, self._unrecorded)
         finally:  # also when the transport raised something unforeseen: what was sent stays sent
-            if result is not None:
+            if self._unrecorded is not None:
                 with transaction(self.factory) as session:
-                    _record(session.connection(), result)
+                    _record(session.connection(), self._unrecorded)
+                self._unrecorded = None
         return len(ids)
 
     def _claim(self, now: datetime) -> list[int]:
@@ -103,6 +104,7 @@ class DispatchRunner(Runner):
             conn.execute(_MARK_SENDING, {"row_id": row_id, "attempts": attempts,
                                          "until": self.clock() + LEASE, "worker": self.worker})
             envelope = Envelope(row.mail_from, list(row.rcpt_to), row.raw)
+        self._unrecorded = None  # committed above
         try:
             self.transport.send(envelope)
         except PermanentFailure as exc:

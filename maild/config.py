@@ -110,9 +110,9 @@ class IntakeConfig(_Model):
     # How long a worker owns a mailbox without renewing; after that another worker takes over.
     mailbox_lease_seconds: int = Field(default=120, ge=10)
     # Processes that parse the next batch of a backlog while the current one is written
-    # (0: parse in-process). Each costs about 35 MiB; one is the default where there is a
-    # second CPU for it (~20% faster intake, measured in bench/imap.py).
-    parse_workers: int = Field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0, ge=0, le=32)
+    # (0: parse in-process). Each costs about 35 MiB and a CPU: one makes a lone daemon ~20%
+    # faster, but takes the CPU a second daemon would use (bench/imap.py), so it is opt-in.
+    parse_workers: int = Field(default=0, ge=0, le=32)
 
 
 class SmtpRelayConfig(Secret):

@@ -180,9 +180,8 @@ def test_workers_starting_together_share_one_reply_token_key(tmp_path: Path) -> 
         assert [p.name for p in path.parent.iterdir()] == ["reply-token.key"], "no temporary files left"
 
 
-@pytest.mark.parametrize(("cpus", "workers"), [(1, 0), (2, 1), (16, 1), (None, 0)])
-def test_one_parse_worker_by_default_where_there_is_a_second_cpu(monkeypatch: pytest.MonkeyPatch, cpus: int | None,
-                                                                 workers: int) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: cpus)
-    assert config.IntakeConfig().parse_workers == workers
+def test_parse_workers_are_opt_in() -> None:
+    assert config.IntakeConfig().parse_workers == 0
     assert config.IntakeConfig(parse_workers=3).parse_workers == 3
+    with pytest.raises(ValueError):
+        config.IntakeConfig(parse_workers=-1)

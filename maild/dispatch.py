@@ -64,7 +64,7 @@ class DispatchRunner(Runner):
             for row_id in ids:
                 if self.stopping.is_set():
                     break
-                self._unrecorded = self._send_one(row_id, self._unrecorded)
+                self._unrecorded = self._send_one(row_id)
         finally:  # also when the transport raised something unforeseen: what was sent stays sent
             if self._unrecorded is not None:
                 with transaction(self.factory) as session:
@@ -89,22 +89,25 @@ class DispatchRunner(Runner):
                 row.claimed_until, row.claimed_by = now + LEASE, self.worker
             return [r.id for r in rows]
 
-    def _send_one(self, row_id: int, previous: Result | None) -> Result | None:
-        """Record ``previous`` and mark ``row_id`` sending (one commit), send it, and return
-        its result for the next commit."""
+    def _send_one(self, row_id: int) -> Result | None:
+        """Record the previous send's result and mark ``row_id`` sending (one commit), send
+        it, and return its result for the next commit."""
         # Plain statements rather than ORM loads: a sent message is three small writes.
         with transaction(self.factory) as session:
             conn = session.connection()
-            if previous is not None:
-                _record(conn, previous)
+            if self._unrecorded is not None:
+                _record(conn, self._unrecorded)
             row = conn.execute(_TO_SEND, {"row_id": row_id}).first()
-            if row is None or row.state != PENDING:
-                return None
-            attempts, message_id = row.attempts + 1, row.message_id
-            conn.execute(_MARK_SENDING, {"row_id": row_id, "attempts": attempts,
-                                         "until": self.clock() + LEASE, "worker": self.worker})
-            envelope = Envelope(row.mail_from, list(row.rcpt_to), row.raw)
-        self._unrecorded = None  # committed above
+            if row is not None and row.state != PENDING:
+                row = None  # sent, failed or rescheduled meanwhile
+            if row is not None:
+                conn.execute(_MARK_SENDING, {"row_id": row_id, "attempts": row.attempts + 1,
+                                             "until": self.clock() + LEASE, "worker": self.worker})
+        self._unrecorded = None  # committed
+        if row is None:
+            return None
+        attempts, message_id = row.attempts + 1, row.message_id
+        envelope = Envelope(row.mail_from, list(row.rcpt_to), row.raw)
         try:
             self.transport.send(envelope)
         except PermanentFailure as exc:
@@ -154,7 +157,8 @@ def _record(conn: Connection, result: Result) -> None:
     if result.state == PENDING:
         conn.execute(_RETRY, params)
         return
-    conn.execute(_MARK_DONE, {**params, "state": result.state, "sent_at": result.at if result.state == SENT else None})
+    sent_at = result.at if result.state == SENT else None
+    conn.execute(_MARK_DONE, {**params, "state": result.state, "sent_at": sent_at})
     if result.state == SENT:  # the case's record of this mail says when it left
         conn.execute(_ACTIVITY_SENT, {"row_id": result.row_id, "sent_at": result.at})
 

@@ -110,7 +110,7 @@ class Index:
             idf = max(math.log((len(lengths) - len(found) + 0.5) / (len(found) + 0.5)), 1e-6)
             postings[term] = (idf, [(i, w * (_K1 + 1) / (w + _K1 * (1 - _B + _B * lengths[i] / average)))
                                     for i, w in found])
-        shown = {i: Shown(i, n, t, k or "", excerpt((b or "")[:600])) for i, n, t, k, b in rows}
+        shown = {i: Shown(i, n, t, k or "", excerpt(b or "")) for i, n, t, k, b in rows}
         return cls(gen, postings, shown, dict(frequency))
 
     def rarest(self, words: list[str], keep: int = 5) -> list[str]:
@@ -137,20 +137,16 @@ class Articles:
         self._indexes: dict[str, Index] = {}
         self._boosts: dict[str, tuple[float, int, dict[int, Boosts]]] = {}  # database -> (when, generation, ...)
 
-    def index(self, session: Session) -> Index:
-        gen, database = generation(session), str(session.get_bind().engine.url)
-        known = self._indexes.get(database)
-        if known is None or known.generation != gen:
+    def current(self, session: Session) -> tuple[Index, dict[int, Boosts]]:
+        """The index and the boosting counters for ``session``'s database, as fresh as promised."""
+        gen, database, now = generation(session), str(session.get_bind().engine.url), time.monotonic()
+        index, boosts = self._indexes.get(database), self._boosts.get(database)
+        if index is None or index.generation != gen:
             session.flush()  # an article changed in this transaction may not be written yet
             rows = [(int(i), int(n), t, k, b) for i, n, t, k, b in session.connection().execute(_PUBLISHED)]
-            known = self._indexes[database] = Index.build(gen, rows)
-        return known
-
-    def boosts(self, session: Session) -> dict[int, Boosts]:
-        gen, database, now = generation(session), str(session.get_bind().engine.url), time.monotonic()
-        known = self._boosts.get(database)
-        if known is None or known[1] != gen or now - known[0] >= self.ttl:
+            index = self._indexes[database] = Index.build(gen, rows)
+        if boosts is None or boosts[1] != gen or now - boosts[0] >= self.ttl:
             session.flush()
-            rows = session.connection().execute(_COUNTERS)
-            known = self._boosts[database] = (now, gen, {int(i): (r, y, n) for i, r, y, n in rows})
-        return known[2]
+            counted = session.connection().execute(_COUNTERS)
+            boosts = self._boosts[database] = (now, gen, {int(i): (r, y, n) for i, r, y, n in counted})
+        return index, boosts[2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 _TERM = re.compile(r"[^\W_]+")
+HEAD = 600  # characters of a body an excerpt is cut from (whitespace runs collapse to one)
 
 
 def terms(query: str, most: int | None = 32) -> list[str]:
@@ -16,5 +17,5 @@ def terms(query: str, most: int | None = 32) -> list[str]:
 
 def excerpt(body: str, size: int = 200) -> str:
     """The start of ``body`` on one line, cut at a word."""
-    flat = " ".join(body.split())
+    flat = " ".join(body[:HEAD].split())
     return flat if len(flat) <= size else flat[:size].rsplit(" ", 1)[0] + " ..."

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild import kbindex, sla, subjects
 from maild.db import transaction
 from maild.errors import MaildError, NotFound
-from maild.kbtext import excerpt, terms
+from maild.kbtext import HEAD, excerpt, terms
 from maild.models import (
     INCOMING_EMAIL, KB_ARCHIVED, KB_DRAFT, KB_PUBLISHED, Activity, Case, KbArticle, KbArticleVersion, KbCaseLink,
 )
@@ -222,11 +222,11 @@ def stats(session: Session) -> dict[str, Any]:
 _PG_WEIGHTS = "0.333, 0.333, 0.667, 1.0"  # body (D), -, keywords (B), title (A): 1 : 2 : 3, as bm25 below
 
 
-# Only the columns a result shows, and the head of the body (600 characters) for its
+# Only the columns a result shows, and the head of the body (kbtext.HEAD) for its
 # excerpt of 200: loading whole articles as ORM objects cost more than the search itself.
 # Built once: building the statement for every suggestion cost a tenth of it.
 _SHOWN = (select(KbArticle.id, KbArticle.number, KbArticle.state, KbArticle.times_resolved, KbArticleVersion.title,
-                 KbArticleVersion.keywords, func.substr(KbArticleVersion.body, 1, 600).label("head"))
+                 KbArticleVersion.keywords, func.substr(KbArticleVersion.body, 1, HEAD).label("head"))
           .join(KbArticleVersion, (KbArticleVersion.article_id == KbArticle.id)
                 & (KbArticleVersion.version == KbArticle.current_version))
           .where(KbArticle.id.in_(bindparam("ids", expanding=True))))
@@ -279,7 +279,7 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
         return []
     words_in = terms(f"{subject or ''} {subject or ''} {(message or '')[:8000]}", most=None)  # every word counts
     tally = Tally(t for t in words_in if t not in _STOPWORDS and len(t) > 2)
-    index = _ARTICLES.index(session)
+    index, boosts = _ARTICLES.current(session)
     # The rarest of its dozen most used words: they say the most about a message, and a
     # search by them matches a few articles instead of half the knowledge base.
     words = index.rarest([t for t, _ in tally.most_common(12)])
@@ -287,7 +287,7 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
         return []
     # Titles and keywords first, ranked in this process's index (maild.kbindex): a title
     # match is the better suggestion. Bodies (searched in the database) fill places left.
-    found = _by_headings(session, index, words, most)
+    found = _by_headings(index, boosts, words, most)
     if len(found) < most:
         seen = {f["id"] for f in found}
         found += [r for r in search(session, " ".join(words), limit=most, any_term=True)
@@ -295,10 +295,10 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
     return found
 
 
-def _by_headings(session: Session, index: kbindex.Index, words: list[str], most: int) -> list[dict[str, Any]]:
+def _by_headings(index: kbindex.Index, boosts: dict[int, kbindex.Boosts], words: list[str],
+                 most: int) -> list[dict[str, Any]]:
     """As ``search(..., any_term=True, headings=True)``, in memory: ten candidates per place
     by relevance, then boosted by their counters."""
-    boosts = _ARTICLES.boosts(session)
     candidates = index.rank(words, most * 10)
     scored = sorted(((rel * boost(*boosts[i]), index.shown[i]) for rel, i in candidates if i in boosts),
                     key=lambda x: (-x[0], x[1].number))[:most]

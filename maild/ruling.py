@@ -32,8 +32,7 @@ def run_rules(session: Session, rules: RuleSet, mail: ParsedMail, queue: str,
     if not rules.creation and not rules.routing:
         return None
     stored = session.get(Case, case.id) if case else None  # loaded with the snapshot: no query
-    customer = customer_record(session, mail.sender_email) if explain else _customer(session, rules, mail)
-    facts = facts_for(mail, queue=queue, customer=customer,
+    facts = facts_for(mail, queue=queue, customer=_customer(session, rules, mail),
                       case_priority=stored.priority if stored else None,
                       case_subject=subjects.path_of(session, stored.subject_id) if stored else None,
                       business_hours=calendar.is_open(received_at))

@@ -201,14 +201,14 @@ def test_suggestions_search_by_a_messages_most_telling_words(env: Env) -> None:
             [first, *_] = knowledge.suggestions(session, "printer trouble", message, 3)
             assert first["number"] == fuser, "the article with the rare word the message carries"
             # Counted over published articles' titles, keywords and bodies, in memory.
-            index = knowledge._ARTICLES.index(session)
+            index, _ = knowledge._ARTICLES.current(session)
             words = index.rarest(["printer", "fuser", "nowhere", "toner"])
             assert words == ["fuser", "toner", "printer"], "rarest first; words in no article dropped"
             art = knowledge.add(session, knowledge.Text(title="Fuser", body="fuser fuser"), author="t",
                                 now=app.clock())
-            assert knowledge._ARTICLES.index(session).frequency["fuser"] == 1, "a draft does not count"
+            assert knowledge._ARTICLES.current(session)[0].frequency["fuser"] == 1, "a draft does not count"
             knowledge.set_state(session, art, "published", now=app.clock())
-            assert knowledge._ARTICLES.index(session).frequency["fuser"] == 2
+            assert knowledge._ARTICLES.current(session)[0].frequency["fuser"] == 2
     finally:
         app.close()
     assert len(common) == 8
@@ -265,16 +265,16 @@ def test_boosting_counters_are_read_at_most_a_minute_old(env: Env) -> None:
     try:
         articles = Articles(ttl=3600)
         with transaction(app.factory) as session:
-            before = articles.boosts(session)
+            before = articles.current(session)[1]
         with env.engine().begin() as conn:
             conn.execute(sa.text("UPDATE kb_article SET times_resolved = 5 WHERE number = :n"), {"n": second})
         with transaction(app.factory) as session:
             ids = {r["number"]: r["id"] for r in knowledge.search(session, "printer jam", limit=5)}
-            assert articles.boosts(session) == before, "remembered within the minute"
-            assert Articles(ttl=0).boosts(session)[ids[second]] == (5, 0, 0), "then read again"
+            assert articles.current(session)[1] == before, "remembered within the minute"
+            assert Articles(ttl=0).current(session)[1][ids[second]] == (5, 0, 0), "then read again"
         env.ok("kb", "edit", str(first), "--title", "Printer paper jam")
         with transaction(app.factory) as session:
-            assert articles.boosts(session)[ids[second]] == (5, 0, 0), "the knowledge base changed: read again"
+            assert articles.current(session)[1][ids[second]] == (5, 0, 0), "the knowledge base changed: read again"
     finally:
         app.close()
 

@@ -102,3 +102,17 @@ def test_a_parser_process_that_dies_costs_no_message(env: Env, app: App) -> None
         intake.close()
     assert env.count("SELECT count(*) FROM cases") == BACKLOG
     assert env.count("SELECT count(*) FROM inbound_message WHERE state = 'quarantined'") == 0
+
+
+def test_maild_run_with_a_parse_worker_turns_a_backlog_into_cases(env: Env) -> None:
+    """As an admin runs it: `parse_workers = 1` in the config, the installed `maild run --once`
+    parses the backlog in its worker process (it never falls back) and acknowledges every case."""
+    env.config.write_text(env.config.read_text().replace("[intake]\n", "[intake]\nparse_workers = 1\n", 1))
+    count = POOL_FROM + 2
+    for raw in letters(count):
+        env.inject(raw)
+    done = env.maild("run", "--once", timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"parser process died" not in done.stderr, "parsed by the worker, not in-process after a failure"
+    assert env.count("SELECT count(*) FROM cases") == count
+    assert len(env.peer.wait_for(count)) == count, "one acknowledgement per case"

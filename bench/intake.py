@@ -102,8 +102,10 @@ class Options:
     maild: Path
     keep: bool
     profile: Path | None
-    suggest: int = 0  # knowledge articles a rule adds to every acknowledgement (0: the feature is off)
-    articles: int = 1000  # published articles seeded when suggest > 0
+    # Knowledge articles a rule adds to every acknowledgement. None: no such rule and no articles;
+    # 0: the same rule and articles with the feature off, the fair baseline for "on and off".
+    suggest: int | None = None
+    articles: int = 1000  # published articles seeded when suggest is not None
     parse_workers: int | None = None  # intake.parse_workers; None: maild's default
 
 
@@ -123,8 +125,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--keep", action="store_true", help="keep the temp installation (config, logs, SQLite db)")
     p.add_argument("--profile", type=Path, help="inject or store mode: run `run --once` under cProfile, write stats here "
                    "(the figures then include profiler overhead)")
-    p.add_argument("--suggest", type=int, default=0, choices=range(0, 11), metavar="N",
-                   help="a rule adds up to N knowledge articles to every acknowledgement (default 0: off)")
+    p.add_argument("--suggest", type=int, choices=range(0, 11), metavar="N",
+                   help="a rule for every message sets suggest_articles = N (0: the same rule and articles with "
+                   "the feature off, the baseline to compare with); default: no rule and no articles")
     p.add_argument("--articles", type=int, default=1000,
                    help="with --suggest: published articles seeded from the corpus's own text (default 1000)")
     p.add_argument("--parse-workers", type=int, choices=range(0, 9), metavar="N",
@@ -537,7 +540,7 @@ def create_install(opts: Options, stack: ExitStack, deadline: Deadline, extra: s
     port = free_port()
     config = path / "config.toml"
     rules = REPO / "rules"
-    if opts.suggest:  # one rule for every message: suggest articles in the acknowledgement
+    if opts.suggest is not None:  # one rule for every message: suggest articles in the acknowledgement
         rules = path / "rules"
         rules.mkdir()
         (rules / "suggest.toml").write_text(
@@ -1020,7 +1023,7 @@ def benchmark(opts: Options, deadline: Deadline) -> Result:
         install = create_install(opts, stack, deadline)
         engine = sa.create_engine(install.db_url)
         stack.callback(engine.dispose)  # before the schema is dropped: no connection may hold it
-        if opts.suggest:
+        if opts.suggest is not None:
             seed_articles(install, corpus, opts.articles)
             print(f"seeded {opts.articles} published knowledge articles; each acknowledgement suggests up to "
                   f"{opts.suggest}")

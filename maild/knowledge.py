@@ -4,8 +4,7 @@ An article's text lives in numbered versions. A draft is edited in place; editin
 published article adds a version, and the old ones stay readable. Search looks at each
 article's current version: an FTS5 table (``kb_fts``, rowid = article id) on SQLite, kept
 in step here whenever a version is written, and a generated, GIN-indexed tsvector column
-``kb_article_version.kb_fts_document`` on PostgreSQL (both built by migration 0010; 0013
-adds ``kb_fts_headings``, titles and keywords alone, for suggestions). Both
+``kb_article_version.kb_fts_document`` on PostgreSQL (both built by migration 0010). Both
 tokenise the same way (lower case, no stemming, every term required), so the same simple
 query finds the same articles; relevance is then boosted by how often an article resolved
 cases and how it was rated. Suggestions in acknowledgements choose a message's telling
@@ -233,10 +232,10 @@ _SHOWN = (select(KbArticle.id, KbArticle.number, KbArticle.state, KbArticle.time
 
 
 def search(session: Session, query: str, *, limit: int = 10, state: str | None = KB_PUBLISHED,
-           any_term: bool = False, headings: bool = False) -> list[dict[str, Any]]:
+           any_term: bool = False) -> list[dict[str, Any]]:
     """Articles whose current version holds every term of ``query`` (with ``any_term``: one of
     them), best first: relevance times a boost for cases resolved and helpful ratings.
-    ``state=None`` searches all states; ``headings`` looks in titles and keywords only."""
+    ``state=None`` searches all states."""
     words = terms(query)
     if not words or limit <= 0:
         return []
@@ -248,17 +247,14 @@ def search(session: Session, query: str, *, limit: int = 10, state: str | None =
     boosts = "a.times_resolved, a.helpful_yes, a.helpful_no"
     if session.get_bind().dialect.name == "sqlite":
         params["q"] = (" OR " if any_term else " ").join(f'"{w}"' for w in words)
-        if headings:
-            params["q"] = f"{{title keywords}} : ({params['q']})"
         sql = (f"SELECT a.id, -bm25(kb_fts, 3.0, 2.0, 1.0), {boosts} FROM kb_fts JOIN kb_article a "
                f"ON a.id = kb_fts.rowid WHERE kb_fts MATCH :q {where_state} ORDER BY bm25(kb_fts, 3.0, 2.0, 1.0) "
                f"LIMIT :n")
     else:
         params["q"] = (" | " if any_term else " & ").join(words)
-        document = "kb_fts_headings" if headings else "kb_fts_document"  # titles and keywords: migration 0013
-        sql = (f"SELECT a.id, ts_rank('{{{_PG_WEIGHTS}}}', v.{document}, q), {boosts} FROM kb_article_version v "
+        sql = (f"SELECT a.id, ts_rank('{{{_PG_WEIGHTS}}}', v.kb_fts_document, q), {boosts} FROM kb_article_version v "
                f"JOIN kb_article a ON a.id = v.article_id AND v.version = a.current_version, "
-               f"to_tsquery('simple', :q) q WHERE v.{document} @@ q {where_state} "
+               f"to_tsquery('simple', :q) q WHERE v.kb_fts_document @@ q {where_state} "
                f"ORDER BY 2 DESC LIMIT :n")
     # Boosted here, from the candidates' counters: only the winners' text is then read.
     scored = sorted(((float(rel) * boost(resolved, yes, no), int(i)) for i, rel, resolved, yes, no
@@ -297,8 +293,8 @@ def suggestions(session: Session, subject: str | None, message: str | None, most
 
 def _by_headings(index: kbindex.Index, boosts: dict[int, kbindex.Boosts], words: list[str],
                  most: int) -> list[dict[str, Any]]:
-    """As ``search(..., any_term=True, headings=True)``, in memory: ten candidates per place
-    by relevance, then boosted by their counters."""
+    """Titles and keywords, ranked in memory as ``search`` ranks in the database: ten
+    candidates per place by relevance, then boosted by their counters."""
     candidates = index.rank(words, most * 10)
     scored = sorted(((rel * boost(*boosts[i]), index.shown[i]) for rel, i in candidates if i in boosts),
                     key=lambda x: (-x[0], x[1].number))[:most]

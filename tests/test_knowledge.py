@@ -305,8 +305,6 @@ def test_suggestions_prefer_titles_and_keywords_and_fill_up_from_bodies(env: Env
     try:
         with transaction(app.factory) as session:
             found = [r["number"] for r in knowledge.suggestions(session, "invoice", "Where is my invoice?", 3)]
-            headings = {r["number"] for r in knowledge.search(session, "invoice", headings=True)}
-            assert headings == {titled, keyworded}, "titles and keywords only"
     finally:
         app.close()
     assert found[:2] == [titled, keyworded] or found[:2] == [keyworded, titled], \

@@ -379,10 +379,11 @@ def suggested(session: Session, case: Case, article_ids: list[int], message_id: 
     # On the session's connection, not through the ORM: as objects, these rows made every
     # acknowledged case's flush cost more than the suggestion itself, and a statement through
     # the session would flush the message's other rows early. The case's row is in already.
-    # One statement with a row per article: an executemany was a round trip per row on PostgreSQL.
-    session.connection().execute(insert(KbCaseLink).values([
+    # An executemany of one cached statement: a multi-row VALUES is compiled anew for every
+    # call (0.6 ms), and psycopg pipelines the rows into one round trip anyway.
+    session.connection().execute(insert(KbCaseLink), [
         {"article_id": i, "case_id": case.id, "linked_at": now, "suggested": True, "sent": False,
-         "message_id": message_id} for i in article_ids]))
+         "message_id": message_id} for i in article_ids])
 
 
 def linked(session: Session, case_id: int) -> list[dict[str, Any]]:

@@ -130,10 +130,11 @@ class StoreLookup:
         return None if row is None else self._follow(row[0], row[1])
 
     def case_by_message_ids(self, message_ids: list[str]) -> dict[str, int]:
-        rows = self.session.execute(
-            select(Activity.message_id, Activity.case_id).where(Activity.message_id.in_(message_ids))
+        rows = self.session.execute(  # with each case's merged_into_id: a query less per reply
+            select(Activity.message_id, Activity.case_id, Case.merged_into_id)
+            .join(Case, Case.id == Activity.case_id).where(Activity.message_id.in_(message_ids))
         ).all()
-        return {mid: self._follow(cid, None) for mid, cid in rows if mid is not None}
+        return {mid: self._follow(cid, into) for mid, cid, into in rows if mid is not None}
 
     def _follow(self, case_id: int, merged_into: int | None) -> int:
         seen = {case_id}
@@ -146,10 +147,14 @@ class StoreLookup:
         return case_id
 
 
-def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMail, now: datetime) -> Outcome:
-    """Turn one claimed, parsed inbound message into case data, in the caller's transaction."""
-    # Without the raw bytes: the caller parsed them already, and they are most of the row.
-    inbound = session.get(InboundMessage, inbound_id, with_for_update=True, options=[defer(InboundMessage.raw)])
+def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMail, now: datetime, *,
+          locked: InboundMessage | None = None) -> Outcome:
+    """Turn one claimed, parsed inbound message into case data, in the caller's transaction.
+
+    ``locked``: the inbound row, already loaded FOR UPDATE in this transaction (see
+    ``lock_inbound``); otherwise it is locked and loaded here.
+    """
+    inbound = locked or session.get(InboundMessage, inbound_id, with_for_update=True, options=[defer(InboundMessage.raw)])
     if inbound is None or inbound.state != RECEIVED:
         return Outcome("skipped", note="already handled by another worker")
     ctx, now = historical.view(ctx, inbound, now)  # imported mail keeps its own date
@@ -167,6 +172,17 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     if match is not None and outcome.via is None and outcome.action != "quarantined":
         outcome = Outcome(outcome.action, outcome.reference, match.via, outcome.acknowledged, outcome.note)
     return outcome
+
+
+def lock_inbound(session: Session, ids: list[int]) -> dict[int, InboundMessage]:
+    """Lock and load a batch's inbound rows in one statement, for ``apply(locked=...)``.
+
+    Without the raw bytes: the caller parsed them already, and they are most of the row.
+    Ordered by id, so two workers never lock the same rows in opposite orders.
+    """
+    rows = session.scalars(select(InboundMessage).where(InboundMessage.id.in_(ids)).order_by(InboundMessage.id)
+                           .options(defer(InboundMessage.raw)).with_for_update())
+    return {row.id: row for row in rows}
 
 
 def find_thread(session: Session, ctx: IntakeContext, mail: ParsedMail) -> threader.ThreadMatch | None:

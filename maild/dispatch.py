@@ -97,16 +97,13 @@ class DispatchRunner(Runner):
             conn = session.connection()
             if self._unrecorded is not None:
                 _record(conn, self._unrecorded)
-            row = conn.execute(_TO_SEND, {"row_id": row_id}).first()
-            if row is not None and row.state != PENDING:
-                row = None  # sent, failed or rescheduled meanwhile
-            if row is not None:
-                conn.execute(_MARK_SENDING, {"row_id": row_id, "attempts": row.attempts + 1,
-                                             "until": self.clock() + LEASE, "worker": self.worker})
+            # None if it was sent, failed or rescheduled meanwhile.
+            row = conn.execute(_MARK_SENDING, {"row_id": row_id, "until": self.clock() + LEASE,
+                                               "worker": self.worker}).first()
         self._unrecorded = None  # committed
         if row is None:
             return None
-        attempts, message_id = row.attempts + 1, row.message_id
+        attempts, message_id = row.attempts, row.message_id
         envelope = Envelope(row.mail_from, list(row.rcpt_to), row.raw)
         try:
             self.transport.send(envelope)
@@ -166,10 +163,13 @@ def _record(conn: Connection, result: Result) -> None:
 # Built once and run on the connection: a sent message is three small statements, and
 # building them and passing them through the ORM each time cost more than running them.
 _ROW = OutboundMessage.id == bindparam("row_id")
-_TO_SEND = select(OutboundMessage.state, OutboundMessage.attempts, OutboundMessage.mail_from, OutboundMessage.rcpt_to,
-                  OutboundMessage.raw, OutboundMessage.message_id).where(_ROW).with_for_update()
-_MARK_SENDING = update(OutboundMessage).where(_ROW).values(
-    state=SENDING, attempts=bindparam("attempts"), claimed_until=bindparam("until"), claimed_by=bindparam("worker"))
+# Marks a row sending only if it is still pending, and returns what the send needs: one
+# statement (and on PostgreSQL its row lock) instead of a SELECT ... FOR UPDATE and an UPDATE.
+_MARK_SENDING = update(OutboundMessage).where(_ROW, OutboundMessage.state == PENDING).values(
+    state=SENDING, attempts=OutboundMessage.attempts + 1, claimed_until=bindparam("until"),
+    claimed_by=bindparam("worker"),
+).returning(OutboundMessage.attempts, OutboundMessage.mail_from, OutboundMessage.rcpt_to, OutboundMessage.raw,
+            OutboundMessage.message_id)
 _MARK_DONE = update(OutboundMessage).where(_ROW).values(
     state=bindparam("state"), last_error=bindparam("error"), claimed_until=None, sent_at=bindparam("sent_at"))
 _RETRY = update(OutboundMessage).where(_ROW).values(

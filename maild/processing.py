@@ -3,10 +3,13 @@
 Parsing happens outside the write transaction. With a backlog, the next batch is claimed
 before the current one is written and parsed meanwhile in a worker process
 (maild.parsepool, `intake.parse_workers`), so parsing and writing use two CPUs. The claimed
-batch is written in one transaction, each message inside a savepoint of its own: one
-commit (one fsync) per batch instead of per message, while whatever goes wrong with one
-message rolls back only that message, which is quarantined with its reason in the same
-commit. A temporary database failure defers the whole batch.
+batch is written in one transaction: one commit (one fsync) per batch instead of per
+message. Whatever goes wrong with one message must cost only that message, which is
+quarantined with its reason in the same commit. Savepoints per message would guarantee
+that, at two statements (two round trips on PostgreSQL) a message, for what is rare: so a
+batch is first written without them, and only if a message fails is the batch rolled back
+and written again with a savepoint around each message. A temporary database failure
+defers the whole batch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import inbound, logs, metrics
-from maild.cases import IntakeContext, Outcome, apply
+from maild.cases import IntakeContext, Outcome, apply, lock_inbound
 from maild.clock import Clock, utcnow
 from maild.db import is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
@@ -34,6 +37,10 @@ log = logging.getLogger("maild.intake")
 RETRY_DELAY = timedelta(seconds=10)
 # A reply waiting for the message it answers (see cases._parent_in_line) looks again soon.
 PARENT_DELAY = timedelta(seconds=2)
+
+
+class _WriteAgain(Exception):
+    """A message failed in a batch written without savepoints: write it again with them."""
 
 
 class IntakeRunner(Runner):
@@ -106,11 +113,10 @@ class IntakeRunner(Runner):
         """Write a claimed batch: ``mails`` are its messages parsed already, else they are parsed here."""
         parsed = list(zip(items, mails if mails is not None else [parse_one(item.raw) for item in items]))
         try:
-            with transaction(self.factory) as session:
-                # Held for the batch: the session only keeps objects something refers to, and
-                # every new case would otherwise load its queue again.
-                session.info["maild.queues"] = session.scalars(select(Queue)).all()
-                outcomes = [self._apply_one(session, ctx, item, mail) for item, mail in parsed]
+            try:
+                outcomes = self._write(ctx, parsed, careful=len(parsed) == 1)
+            except _WriteAgain:
+                outcomes = self._write(ctx, parsed, careful=True)
         except (TemporaryFailure, IntegrityError) as exc:
             # IntegrityError here means a concurrent worker wrote the same row first;
             # like a locked database, it clears by itself: retry the batch shortly.
@@ -123,33 +129,58 @@ class IntakeRunner(Runner):
         logs.bind_message(None)
         return outcomes
 
+    def _write(self, ctx: IntakeContext, parsed: list[tuple[inbound.Claimed, Parsed]],
+               careful: bool) -> list[Outcome]:
+        """The batch in one transaction; ``careful``: each message in a savepoint of its own."""
+        with transaction(self.factory) as session:
+            # Held for the batch: the session only keeps objects something refers to, and
+            # every new case would otherwise load its queue again.
+            session.info["maild.queues"] = session.scalars(select(Queue)).all()
+            locked = lock_inbound(session, [item.id for item, _ in parsed])
+            return [self._apply_one(session, ctx, item, mail, locked.get(item.id), careful) for item, mail in parsed]
+
     def _apply_one(self, session: Session, ctx: IntakeContext, item: inbound.Claimed,
-                   mail: Parsed) -> Outcome:
+                   mail: Parsed, locked: InboundMessage | None, careful: bool) -> Outcome:
         logs.bind_message(None if isinstance(mail, ParseError) else mail.message_id)
         if isinstance(mail, ParseError):
             return self._quarantine(session, item, f"cannot parse: {mail}")
+        if locked is None:  # gone: nothing to do, as apply would find
+            return Outcome("skipped", note="already handled by another worker")
         try:
-            with session.begin_nested():
-                outcome = apply(session, ctx, item.id, mail, self.clock())
+            if careful:
+                with session.begin_nested():
+                    outcome = apply(session, ctx, item.id, mail, self.clock(), locked=locked)
+            else:
+                outcome = apply(session, ctx, item.id, mail, self.clock(), locked=locked)
+                session.flush()  # its rows' errors are its own, not the next message's
             if outcome.action == "waiting":
                 self._wait(session, item)
             return outcome
-        except TemporaryFailure:
+        except (TemporaryFailure, IntegrityError):
+            # IntegrityError: a concurrent worker wrote the same row first; the batch retries.
             raise
         except OperationalError as exc:
             # A deadlock or serialization failure between workers (PostgreSQL) clears when
             # the batch is tried again; it says nothing about the message.
             if is_temporary(exc):
                 raise TemporaryFailure(f"database conflict: {str(exc.orig).strip().splitlines()[0]}") from exc
-            log.exception("inbound %d: database error", item.id)
-            return self._quarantine(session, item, f"database error: {exc.orig}")
-        except MaildError as exc:
-            return self._quarantine(session, item, str(exc))
-        except IntegrityError:
-            raise
+            return self._failed(session, item, exc, careful)
         except Exception as exc:  # a bug must cost one message a quarantine, not the daemon
-            log.exception("inbound %d: unexpected error", item.id)
-            return self._quarantine(session, item, f"internal error: {type(exc).__name__}: {exc}")
+            return self._failed(session, item, exc, careful)
+
+    def _failed(self, session: Session, item: inbound.Claimed, exc: Exception, careful: bool) -> Outcome:
+        """Quarantine the message whose savepoint rolled back; without one, write the batch again."""
+        if not careful:  # the transaction may be broken: start the batch again, with savepoints
+            log.info("inbound %d failed in a batch written without savepoints; writing it again with them: %s: %s",
+                     item.id, type(exc).__name__, exc)
+            raise _WriteAgain from exc
+        if isinstance(exc, OperationalError):
+            log.error("inbound %d: database error", item.id, exc_info=exc)
+            return self._quarantine(session, item, f"database error: {exc.orig}")
+        if isinstance(exc, MaildError):
+            return self._quarantine(session, item, str(exc))
+        log.error("inbound %d: unexpected error", item.id, exc_info=exc)
+        return self._quarantine(session, item, f"internal error: {type(exc).__name__}: {exc}")
 
     def _quarantine(self, session: Session, item: inbound.Claimed, reason: str) -> Outcome:
         row = session.get(InboundMessage, item.id)

@@ -43,6 +43,27 @@ def test_broken_template_quarantines_then_retry_after_fix_creates_the_case(make_
     assert len(env.peer.wait_for(1)) == 1
 
 
+def test_one_bad_message_in_a_batch_costs_only_that_message(make_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A batch is written without per-message savepoints; when one message fails, the batch
+    is written again with them: the others become cases once, the bad one is quarantined."""
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    env: Env = make_env(templates=templates.as_posix())
+    ack = templates / "acknowledgement.txt.j2"
+    ack.write_text('{% if "poison" in case.title %}{{ case.no_such_field }}{% endif %}' + ack.read_text())
+    for subject in ("Printer on fire", "A poison message", "Scanner jammed", "Toner empty"):
+        env.inject(mail(subject=subject, message_id=f"<{subject.split()[-1].lower()}@customer.test>"))
+    env.ok("run", "--once")  # the four in one batch (intake takes up to 20)
+    titles = sorted(c["title"] for c in env.json("cases", "list"))
+    assert titles == ["Printer on fire", "Scanner jammed", "Toner empty"], "each good message exactly once"
+    [row] = env.json("inbound", "list", "--quarantined")
+    assert "no_such_field" in row["error"]
+    [poison] = env.rows(f"SELECT message_id FROM inbound_message WHERE id = {row['id']}")
+    assert poison[0] == "<message@customer.test>"
+    assert len(env.peer.wait_for(3)) == 3
+    assert len(env.rows("SELECT id FROM outbound_message")) == 3, "one acknowledgement per case, none for the bad one"
+
+
 def test_unparseable_bytes_are_quarantined_not_dropped(env: Env) -> None:
     env.inject(b"\x00\x01\x02 this is not a mail message \xff\xfe", "--queue", "support")
     env.ok("run", "--once")

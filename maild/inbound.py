@@ -10,6 +10,8 @@ bytes, or the same source key such as an IMAP UID) are recognised and stored onc
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
@@ -40,9 +42,13 @@ class Claimed:
     received_at: datetime | None = None  # for the processing-latency metric
 
 
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
 def header_message_id(raw: bytes) -> str | None:
     """The Message-ID from the header block only: cheap enough to run before the commit."""
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    end = _BLANK_LINE.search(raw)  # the parser would read (and keep) the whole body too
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:end.end()] if end else raw)
     value = headers.get("Message-ID")
     return normalise_message_id(str(value)) if value else None
 
@@ -82,6 +88,57 @@ def store(session: Session, queue_id: int, raw: bytes, *, source: str, source_ke
     """
     digest = hashlib.sha256(raw).hexdigest()
     return _add_one(session, queue_id, raw, digest, header_message_id(raw), source, source_key, None, now, acked)
+
+
+def store_batch(session: Session, queue_id: int, items: Sequence[tuple[bytes, str]], *, source: str,
+                now: datetime, acked: bool) -> list[bool]:
+    """``store`` for a fetched batch of (raw, source_key): whether each was a duplicate.
+
+    One lookup per identity for the whole batch and one multi-row INSERT, instead of a
+    lookup and an INSERT per message. A message that repeats an earlier one of the same
+    batch is a duplicate too.
+    """
+    batch = [(raw, key, hashlib.sha256(raw).hexdigest(), header_message_id(raw)) for raw, key in items]
+    digests, msgids, keys = _known(session, queue_id, source, batch)
+    rows, duplicate = [], []
+    for raw, key, digest, msgid in batch:
+        if digest in digests or (msgid and msgid in msgids) or key in keys:
+            duplicate.append(True)
+            continue
+        digests.add(digest)
+        keys.add(key)
+        if msgid:
+            msgids.add(msgid)
+        rows.append(InboundMessage(queue_id=queue_id, raw=raw, size=len(raw), sha256=digest, message_id=msgid,
+                                   source=source, source_key=key, received_at=now, source_acked=acked))
+        duplicate.append(False)
+    session.add_all(rows)
+    session.flush()  # one INSERT of many rows (SQLAlchemy's insertmanyvalues) on both databases
+    return duplicate
+
+
+def _known(session: Session, queue_id: int, source: str, batch: list[tuple[bytes, str, str, str | None]]
+           ) -> tuple[set[str], set[str], set[str]]:
+    """Which of the batch's digests, Message-IDs and source keys the queue has stored already."""
+    digests, msgids, keys = set(), set(), set()
+    for start in range(0, len(batch), 500):  # a bounded number of bound parameters per query
+        part = batch[start:start + 500]
+        here = InboundMessage.queue_id == queue_id
+        found = session.execute(union_all(
+            select(InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source_key).where(
+                here, InboundMessage.sha256.in_([d for _, _, d, _ in part])),
+            select(InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source_key).where(
+                here, InboundMessage.message_id.in_([m for _, _, _, m in part if m])),
+            select(InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source_key).where(
+                here, InboundMessage.source == source, InboundMessage.source_key.in_([k for _, k, _, _ in part])),
+        ))
+        for digest, msgid, key in found:
+            digests.add(digest)
+            if msgid:
+                msgids.add(msgid)
+            if key:
+                keys.add(key)
+    return digests, msgids, keys
 
 
 def _add_one(

@@ -163,3 +163,37 @@ def test_daemon_and_inject_refuse_an_out_of_date_schema(make_env, tmp_path) -> N
     assert b"run `maild db upgrade`" in run.stderr and b"Traceback" not in run.stderr
     inject = env.maild("inject", "--queue", "support", input=mail())
     assert inject.returncode == 75 and b"maild db upgrade" in inject.stderr
+
+
+def test_a_fetched_batch_is_stored_once_per_message(env: Env) -> None:
+    """The IMAP poller's batch store knows a message by its bytes, its Message-ID or its
+    source key, whether it was stored before or earlier in the same batch."""
+    from maild import inbound
+    from maild.clock import utcnow
+    from maild.db import transaction
+
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    qid = app.registry.queue_id("support")
+    first, second = mail(message_id="<one@c.test>"), mail(message_id="<two@c.test>")
+    try:
+        with transaction(app.factory) as session:
+            assert inbound.store_batch(session, qid, [(first, "INBOX/1/1")], source="imap", now=utcnow(),
+                                       acked=False) == [False]
+        batch = [
+            (first, "INBOX/1/9"),  # the same bytes again
+            (mail(message_id="<one@c.test>", subject="resent"), "INBOX/1/10"),  # the same Message-ID
+            (mail(message_id="<new@c.test>"), "INBOX/1/1"),  # the same source key
+            (second, "INBOX/1/11"),  # new
+            (second, "INBOX/1/12"),  # new, then again in the same batch
+            (mail(message_id="<two@c.test>", subject="again"), "INBOX/1/13"),
+            (mail(subject="no id").replace(b"Message-ID:", b"X-Old-ID:"), "INBOX/1/14"),  # new, without an id
+        ]
+        with transaction(app.factory) as session:
+            duplicates = inbound.store_batch(session, qid, batch, source="imap", now=utcnow(), acked=False)
+        assert duplicates == [True, True, True, False, True, True, False]
+    finally:
+        app.close()
+    rows = env.rows("SELECT message_id, source_key, source_acked FROM inbound_message ORDER BY id")
+    assert [tuple(r) for r in rows] == [("<one@c.test>", "INBOX/1/1", False), ("<two@c.test>", "INBOX/1/11", False),
+                                        (None, "INBOX/1/14", False)]

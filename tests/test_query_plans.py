@@ -13,6 +13,7 @@ from maild import config as config_mod
 from maild import inbound
 from maild.app import App
 from maild.clock import utcnow
+from maild.db import transaction
 from maild.processing import IntakeRunner
 
 # Tables that hold configuration, not traffic: a scan of them costs the same forever.
@@ -48,6 +49,9 @@ def test_no_per_message_query_scans_a_growing_table(make_env) -> None:  # type: 
             inbound.add(app.factory, [qid], raw, source="inject", now=utcnow())
         # IMAP stores carry a source key (folder/UIDVALIDITY/UID): the third identity.
         inbound.add(app.factory, [qid], mail(subject="by imap"), source="imap", source_key="INBOX/7/1", now=utcnow())
+        with transaction(app.factory) as session:  # the IMAP poller's batch: one lookup per identity
+            inbound.store_batch(session, qid, [(mail(subject="fetched"), "INBOX/7/2")], source="imap", now=utcnow(),
+                                acked=False)
         IntakeRunner(app.factory, app.intake_context).run_once()
     finally:
         sa.event.remove(app.engine, "before_cursor_execute", capture)

@@ -261,17 +261,13 @@ class ImapPoller(Runner):
     def _store(self, client: IMAPClient, uids: list[int], uidvalidity: int) -> list[tuple[int, bool]]:
         """Fetch and commit a batch with the new last_uid; [(uid, was_duplicate)] in UID order."""
         fetched = client.fetch(uids, ["BODY.PEEK[]"])
-        now = self.clock()
-        done: list[tuple[int, bool]] = []
+        # UIDs expunged between SEARCH and FETCH by another client come back without a body.
+        present = [(uid, raw) for uid in uids if (raw := (fetched.get(uid) or {}).get(b"BODY[]")) is not None]
         with transaction(self.factory) as session:
-            for uid in uids:
-                data = fetched.get(uid)
-                raw = data.get(b"BODY[]") if data else None
-                if raw is None:
-                    continue  # expunged between SEARCH and FETCH by another client
-                stored = inbound.store(session, self.queue_id, raw, source=SOURCE,
-                                       source_key=self._key(uidvalidity, uid), now=now, acked=False)
-                done.append((uid, stored.duplicate))
+            duplicates = inbound.store_batch(session, self.queue_id,
+                                             [(raw, self._key(uidvalidity, uid)) for uid, raw in present],
+                                             source=SOURCE, now=self.clock(), acked=False)
+            done = [(uid, duplicate) for (uid, _), duplicate in zip(present, duplicates)]
             session.execute(update(MailboxState).where(MailboxState.queue_id == self.queue_id)
                             .values(last_uid=max(uids)))
         metrics.received(self.queue_id, sum(1 for _, dup in done if not dup))

@@ -20,6 +20,7 @@ from maild import config as config_mod
 from maild import escalation, httpd, metrics
 from maild.app import App, load_rules, required_templates
 from maild.cases import IntakeContext
+from maild.db import is_postgres
 from maild.dispatch import DispatchRunner
 from maild.errors import ConfigError
 from maild.intake.imap import ImapPoller
@@ -32,6 +33,7 @@ from maild.runner import Runner
 from maild.sla import SlaRunner
 from maild.templates import Renderer
 from maild.transport import Transport, from_config
+from maild.wakeups import Listener
 
 log = logging.getLogger("maild.daemon")
 
@@ -52,6 +54,8 @@ class Daemon:
         self.sla = SlaRunner(app.factory, lambda: self._context().rules, self._act, clock=app.clock)
         self.runners: list[Runner] = [self.intake, self.dispatch, *self.pollers, self.reaper, self.sla]
         self.runners += [ReportMailRunner(app.factory, app.config, lambda: self._context().renderer, clock=app.clock)]
+        if is_postgres(app.engine):  # other workers' stored messages start this one's intake at once
+            self.runners.append(Listener(app.engine, self.intake.poke))
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
         self._http: httpd.HttpServer | None = None

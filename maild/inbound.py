@@ -20,6 +20,7 @@ from email.policy import compat32
 from sqlalchemy import func, or_, select, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from maild import wakeups
 from maild.db import again_on_conflict, transaction
 from maild.errors import NotFound
 from maild.models import QUARANTINED, RECEIVED, InboundMessage
@@ -72,8 +73,11 @@ def add(
     msgid = header_message_id(raw)
     def store_all() -> list[Stored]:
         with transaction(factory) as session:
-            return [_add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now, True)
-                    for q in queue_ids]
+            stored = [_add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now, True)
+                      for q in queue_ids]
+            if not all(s.duplicate for s in stored):
+                wakeups.announce(session)
+            return stored
 
     # A concurrent delivery of the same message may win the race; the second pass sees it.
     return again_on_conflict(store_all)
@@ -112,8 +116,10 @@ def store_batch(session: Session, queue_id: int, items: Sequence[tuple[bytes, st
         rows.append(InboundMessage(queue_id=queue_id, raw=raw, size=len(raw), sha256=digest, message_id=msgid,
                                    source=source, source_key=key, received_at=now, source_acked=acked))
         duplicate.append(False)
-    session.add_all(rows)
-    session.flush()  # one INSERT of many rows (SQLAlchemy's insertmanyvalues) on both databases
+    if rows:
+        session.add_all(rows)
+        session.flush()  # one INSERT of many rows (SQLAlchemy's insertmanyvalues) on both databases
+        wakeups.announce(session)
     return duplicate
 
 

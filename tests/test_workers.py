@@ -99,3 +99,62 @@ def test_two_daemons_started_together_never_quarantine_over_a_conflict(make_env)
         cases = conn.execute(sa.text("SELECT count(DISTINCT reference) FROM cases")).scalar_one()
     assert states == {"processed": 240}
     assert cases == 160, "every reply threaded onto its case"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_listener_hears_of_committed_stores_only(env: Env) -> None:
+    """A stored message's NOTIFY arrives when its transaction commits, never on a rollback."""
+    from maild import inbound, wakeups
+    from maild.clock import utcnow
+    from maild.db import transaction
+
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    pokes: list[int] = []
+    listener = wakeups.Listener(app.engine, lambda: pokes.append(1), wait=0.3)
+    try:
+        assert listener.run_once() == 0, "listening now; nothing stored yet"
+        with pytest.raises(RuntimeError), transaction(app.factory) as session:
+            wakeups.announce(session)
+            raise RuntimeError("rolled back")
+        assert listener.run_once() == 0 and pokes == []
+        inbound.add(app.factory, [app.registry.queue_id("support")], mail(), source="inject", now=utcnow())
+        assert listener.run_once() == 1 and pokes == [1]
+        inbound.add(app.factory, [app.registry.queue_id("support")], mail(message_id="<same@c.test>"),
+                    source="inject", now=utcnow())
+        inbound.add(app.factory, [app.registry.queue_id("support")], mail(message_id="<same@c.test>"),
+                    source="inject", now=utcnow())
+        assert listener.run_once() == 1 and listener.run_once() == 0, "a duplicate stores nothing: no notice"
+    finally:
+        listener.close()
+        app.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_an_idle_daemon_takes_mail_stored_by_another_process_at_once(make_env) -> None:  # type: ignore[no-untyped-def]
+    """With a two-minute intake poll interval, only the stored message's notice can start the
+    daemon's intake within the bounded wait below."""
+    import subprocess
+
+    from conftest import MAILD
+
+    env: Env = make_env()
+    text = env.config.read_text()
+    assert "[intake]\npoll_interval = 0.2" in text
+    env.config.write_text(text.replace("[intake]\npoll_interval = 0.2", "[intake]\npoll_interval = 120"))
+    log = env.path / "daemon.log"
+    proc = subprocess.Popen([MAILD, "--config", str(env.config), "run"], stdout=subprocess.DEVNULL,
+                            stderr=log.open("wb"), cwd=env.path)
+    try:
+        deadline = time.monotonic() + 30
+        while "maild started" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # its first intake pass found nothing: it now waits for the poll interval
+        env.inject(mail(subject="wake up"))  # another process (an MTA's pipe) stores it
+        deadline = time.monotonic() + 30  # bounded, and well under the poll interval
+        while not env.json("cases", "list") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [c["title"] for c in env.json("cases", "list")] == ["wake up"], log.read_text()
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0, log.read_text()

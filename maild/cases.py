@@ -167,6 +167,12 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
         parent = _parent_in_line(session, mail, inbound, now)
         if parent is not None:
             return Outcome("waiting", note=f"the message it answers, {parent}, is not processed yet")
+        if mail.in_reply_to or mail.references:
+            # Under READ COMMITTED each statement sees the latest commits: another worker may
+            # have committed the message it answers between the two queries above (too late
+            # for the first, no longer in line for the second). Nothing it answers is in
+            # line now, so a second look finds that message's case if there is one.
+            match = find_thread(session, ctx, mail)
     disposition = plan(session, ctx, mail, inbound.queue_id, match, now, received_at=inbound.received_at)
     outcome = _HANDLERS[disposition.action](session, ctx, inbound, mail, disposition, now)
     if match is not None and outcome.via is None and outcome.action != "quarantined":

@@ -158,3 +158,27 @@ def test_an_idle_daemon_takes_mail_stored_by_another_process_at_once(make_env) -
     finally:
         proc.terminate()
         assert proc.wait(30) == 0, log.read_text()
+
+
+def test_a_reply_whose_parent_commits_between_lookups_still_threads(env: Env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Another worker commits the message a reply answers just after the reply's thread
+    lookup and before its in-line check: the reply must still thread, not open a case."""
+    from maild import cases
+
+    env.inject(mail(subject="original", message_id="<p@c.test>"))
+    env.ok("run", "--once")
+    env.inject(mail(subject="the reply", headers={"In-Reply-To": "<p@c.test>"}))
+    real, calls = cases.find_thread, []
+
+    def first_look_too_early(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return None if len(calls) == 1 else real(*args, **kwargs)  # the snapshot before the commit
+
+    monkeypatch.setattr(cases, "find_thread", first_look_too_early)
+    app = App(config_mod.load(env.config))
+    try:
+        IntakeRunner(app.factory, app.intake_context).run_once()
+    finally:
+        app.close()
+    assert len(calls) == 2
+    assert [c["title"] for c in env.json("cases", "list")] == ["original"], "threaded, not a second case"

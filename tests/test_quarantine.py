@@ -160,3 +160,36 @@ def test_locked_sqlite_defers_the_message_and_it_is_processed_later(make_env) ->
     env.inject(mail())
     assert process_while(env, lock).action == "deferred"
     assert env.json("inbound", "list")[0]["state"] == "received"  # back in line, retried after RETRY_DELAY
+
+
+@pytest.mark.parametrize("conflict", [True, False], ids=["deadlock", "outage"])
+def test_a_deadlock_between_workers_is_retried_at_once_an_outage_later(env: Env, monkeypatch, conflict) -> None:  # type: ignore[no-untyped-def]
+    """A deadlock (SQLSTATE 40P01) clears as soon as the batch is tried again; a database
+    that went away needs longer. Either way the message waits, unharmed."""
+    import psycopg
+
+    from maild import processing
+    from maild.models import InboundMessage
+
+    orig = psycopg.errors.DeadlockDetected("deadlock detected") if conflict \
+        else psycopg.OperationalError("server closed the connection unexpectedly")
+
+    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise sa.exc.OperationalError("SELECT 1", {}, orig)
+
+    env.inject(mail())
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    now = datetime.now(timezone.utc)
+    try:
+        monkeypatch.setattr(processing, "apply", fail)
+        runner = IntakeRunner(app.factory, app.intake_context, clock=lambda: now)
+        [item] = inbound.claim(app.factory, now=now, lease=timedelta(minutes=5), max_attempts=5)
+        assert runner.process(item, app.intake_context()).action == "deferred"
+        with app.factory() as session:
+            row = session.get(InboundMessage, item.id)
+            assert row is not None and row.state == "received"
+            until = row.claimed_until
+    finally:
+        app.close()
+    assert until == now + (processing.CONFLICT_DELAY if conflict else processing.RETRY_DELAY)

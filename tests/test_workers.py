@@ -182,3 +182,29 @@ def test_a_reply_whose_parent_commits_between_lookups_still_threads(env: Env, mo
         app.close()
     assert len(calls) == 2
     assert [c["title"] for c in env.json("cases", "list")] == ["original"], "threaded, not a second case"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_listener_that_loses_its_connection_listens_again(env: Env, caplog) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL restarts or an admin ends the listening session: the listener says so,
+    backs off, listens on a new connection, and hears the next store."""
+    from maild import inbound, wakeups
+    from maild.clock import utcnow
+
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    pokes: list[int] = []
+    listener = wakeups.Listener(app.engine, lambda: pokes.append(1), wait=0.3)
+    try:
+        assert listener.run_once() == 0
+        pid = listener._raw.driver_connection.info.backend_pid
+        with env.engine().connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        assert listener.run_once() == 0 and listener.failures == 1
+        assert "cannot listen for stored messages" in caplog.text
+        assert listener.run_once() == 0 and listener.failures == 0, "listening again"
+        inbound.add(app.factory, [app.registry.queue_id("support")], mail(), source="inject", now=utcnow())
+        assert listener.run_once() == 1 and pokes == [1]
+    finally:
+        listener.close()
+        app.close()

@@ -69,15 +69,12 @@ def add(
     Raises TemporaryFailure when the database cannot take the write, so the caller can
     answer 451 / EX_TEMPFAIL and the sender retries.
     """
-    digest = hashlib.sha256(raw).hexdigest()
-    msgid = header_message_id(raw)
+    item = _identify(raw, source_key)
+
     def store_all() -> list[Stored]:
         with transaction(factory) as session:
-            stored = [_add_one(session, q, raw, digest, msgid, source, source_key, envelope_from, now, True)
-                      for q in queue_ids]
-            if not all(s.duplicate for s in stored):
-                wakeups.announce(session)
-            return stored
+            return [_store(session, q, [item], source=source, now=now, acked=True, envelope_from=envelope_from)[0]
+                    for q in queue_ids]
 
     # A concurrent delivery of the same message may win the race; the second pass sees it.
     return again_on_conflict(store_all)
@@ -85,13 +82,12 @@ def add(
 
 def store(session: Session, queue_id: int, raw: bytes, *, source: str, source_key: str, now: datetime,
           acked: bool) -> Stored:
-    """Add one message inside the caller's transaction (IMAP stores a fetched batch at once).
+    """Add one message inside the caller's transaction.
 
     ``acked=False`` records that the source still has to be told, e.g. an IMAP message that
     must yet be moved; the poller finishes that after the commit, or after a crash.
     """
-    digest = hashlib.sha256(raw).hexdigest()
-    return _add_one(session, queue_id, raw, digest, header_message_id(raw), source, source_key, None, now, acked)
+    return _store(session, queue_id, [_identify(raw, source_key)], source=source, now=now, acked=acked)[0]
 
 
 def store_batch(session: Session, queue_id: int, items: Sequence[tuple[bytes, str]], *, source: str,
@@ -99,94 +95,76 @@ def store_batch(session: Session, queue_id: int, items: Sequence[tuple[bytes, st
     """``store`` for a fetched batch of (raw, source_key): whether each was a duplicate.
 
     One lookup per identity for the whole batch and one multi-row INSERT, instead of a
-    lookup and an INSERT per message. A message that repeats an earlier one of the same
-    batch is a duplicate too.
+    lookup and an INSERT per message.
     """
-    batch = [(raw, key, hashlib.sha256(raw).hexdigest(), header_message_id(raw)) for raw, key in items]
-    digests, msgids, keys = _known(session, queue_id, source, batch)
-    rows, duplicate = [], []
-    for raw, key, digest, msgid in batch:
-        if digest in digests or (msgid and msgid in msgids) or key in keys:
-            duplicate.append(True)
+    stored = _store(session, queue_id, [_identify(raw, key) for raw, key in items], source=source, now=now,
+                    acked=acked)
+    return [s.duplicate for s in stored]
+
+
+# A message as the store recognises it: (raw, source_key, sha256, Message-ID).
+_Item = tuple[bytes, str | None, str, str | None]
+
+
+def _identify(raw: bytes, source_key: str | None) -> _Item:
+    return raw, source_key, hashlib.sha256(raw).hexdigest(), header_message_id(raw)
+
+
+def _identities(item: _Item, source: str) -> list[tuple[str, str]]:
+    """What makes two messages of a queue the same: the bytes, the Message-ID, the source's key."""
+    _, key, digest, msgid = item
+    return ([("sha256", digest)] + ([("message_id", msgid)] if msgid else [])
+            + ([("source_key", f"{source}\n{key}")] if key else []))
+
+
+def _store(session: Session, queue_id: int, items: list[_Item], *, source: str, now: datetime, acked: bool,
+           envelope_from: str | None = None) -> list[Stored]:
+    """Add ``items`` to the queue in the caller's transaction, each unless the queue holds it
+    already or it repeats an earlier item (then: the id of the one stored)."""
+    seen: dict[tuple[str, str], int | InboundMessage] = _known(session, queue_id, source, items)
+    found: list[tuple[int | InboundMessage, bool]] = []
+    rows: list[InboundMessage] = []
+    for item in items:
+        identities = _identities(item, source)
+        same = next((seen[i] for i in identities if i in seen), None)
+        if same is not None:
+            found.append((same, True))
             continue
-        digests.add(digest)
-        keys.add(key)
-        if msgid:
-            msgids.add(msgid)
-        rows.append(InboundMessage(queue_id=queue_id, raw=raw, size=len(raw), sha256=digest, message_id=msgid,
-                                   source=source, source_key=key, received_at=now, source_acked=acked))
-        duplicate.append(False)
+        raw, key, digest, msgid = item
+        row = InboundMessage(queue_id=queue_id, raw=raw, size=len(raw), sha256=digest, message_id=msgid,
+                             source=source, source_key=key, envelope_from=envelope_from, received_at=now,
+                             source_acked=acked)
+        rows.append(row)
+        found.append((row, False))
+        seen.update((i, row) for i in identities)
     if rows:
         session.add_all(rows)
         session.flush()  # one INSERT of many rows (SQLAlchemy's insertmanyvalues) on both databases
         wakeups.announce(session)
-    return duplicate
+    return [Stored(row if isinstance(row, int) else row.id, queue_id, duplicate) for row, duplicate in found]
 
 
-def _known(session: Session, queue_id: int, source: str, batch: list[tuple[bytes, str, str, str | None]]
-           ) -> tuple[set[str], set[str], set[str]]:
-    """Which of the batch's digests, Message-IDs and source keys the queue has stored already."""
-    digests, msgids, keys = set(), set(), set()
-    for start in range(0, len(batch), 500):  # a bounded number of bound parameters per query
-        part = batch[start:start + 500]
-        here = InboundMessage.queue_id == queue_id
-        found = session.execute(union_all(
-            select(InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source_key).where(
-                here, InboundMessage.sha256.in_([d for _, _, d, _ in part])),
-            select(InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source_key).where(
-                here, InboundMessage.message_id.in_([m for _, _, _, m in part if m])),
-            select(InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source_key).where(
-                here, InboundMessage.source == source, InboundMessage.source_key.in_([k for _, k, _, _ in part])),
-        ))
-        for digest, msgid, key in found:
-            digests.add(digest)
-            if msgid:
-                msgids.add(msgid)
-            if key:
-                keys.add(key)
-    return digests, msgids, keys
-
-
-def _add_one(
-    session: Session,
-    queue_id: int,
-    raw: bytes,
-    digest: str,
-    msgid: str | None,
-    source: str,
-    source_key: str | None,
-    envelope_from: str | None,
-    now: datetime,
-    acked: bool,
-) -> Stored:
+def _known(session: Session, queue_id: int, source: str, items: list[_Item]) -> dict[tuple[str, str], int | InboundMessage]:
+    """The ids of what the queue holds already, by identity (see ``_identities``)."""
     # One indexed lookup per identity, joined with UNION ALL: an OR across the three columns
     # would make SQLite scan every stored message of the queue, and intake slow down as
     # the store grows.
-    same = [InboundMessage.sha256 == digest]
-    if msgid:
-        same.append(InboundMessage.message_id == msgid)
-    if source_key:
-        same.append((InboundMessage.source == source) & (InboundMessage.source_key == source_key))
-    existing = session.scalar(
-        union_all(*(select(InboundMessage.id).where(InboundMessage.queue_id == queue_id, s) for s in same)).limit(1)
-    )
-    if existing is not None:
-        return Stored(existing, queue_id, duplicate=True)
-    row = InboundMessage(
-        queue_id=queue_id,
-        raw=raw,
-        size=len(raw),
-        sha256=digest,
-        message_id=msgid,
-        source=source,
-        source_key=source_key,
-        envelope_from=envelope_from,
-        received_at=now,
-        source_acked=acked,
-    )
-    session.add(row)
-    session.flush()
-    return Stored(row.id, queue_id, duplicate=False)
+    known: dict[tuple[str, str], int | InboundMessage] = {}
+    columns = (InboundMessage.id, InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source,
+               InboundMessage.source_key)
+    here = InboundMessage.queue_id == queue_id
+    for start in range(0, len(items), 500):  # a bounded number of bound parameters per query
+        part = items[start:start + 500]
+        lookups = [select(*columns).where(here, InboundMessage.sha256.in_([d for _, _, d, _ in part]))]
+        if msgids := [m for _, _, _, m in part if m]:
+            lookups.append(select(*columns).where(here, InboundMessage.message_id.in_(msgids)))
+        if keys := [k for _, k, _, _ in part if k]:
+            lookups.append(select(*columns).where(here, InboundMessage.source == source,
+                                                  InboundMessage.source_key.in_(keys)))
+        for row_id, digest, msgid, row_source, key in session.execute(union_all(*lookups)):
+            for identity in _identities((b"", key, digest, msgid), row_source):
+                known.setdefault(identity, row_id)
+    return known
 
 
 def claim(

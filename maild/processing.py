@@ -151,8 +151,6 @@ class IntakeRunner(Runner):
         logs.bind_message(None if isinstance(mail, ParseError) else mail.message_id)
         if isinstance(mail, ParseError):
             return self._quarantine(session, item, f"cannot parse: {mail}")
-        if locked is None:  # gone: nothing to do, as apply would find
-            return Outcome("skipped", note="already handled by another worker")
         try:
             if careful:
                 with session.begin_nested():

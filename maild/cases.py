@@ -154,7 +154,8 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     ``locked``: the inbound row, already loaded FOR UPDATE in this transaction (see
     ``lock_inbound``); otherwise it is locked and loaded here.
     """
-    inbound = locked or session.get(InboundMessage, inbound_id, with_for_update=True, options=[defer(InboundMessage.raw)])
+    inbound = locked or session.get(InboundMessage, inbound_id, with_for_update=True,
+                                    options=[defer(InboundMessage.raw)])
     if inbound is None or inbound.state != RECEIVED:
         return Outcome("skipped", note="already handled by another worker")
     ctx, now = historical.view(ctx, inbound, now)  # imported mail keeps its own date

@@ -144,7 +144,8 @@ def _store(session: Session, queue_id: int, items: list[_Item], *, source: str, 
     return [Stored(row if isinstance(row, int) else row.id, queue_id, duplicate) for row, duplicate in found]
 
 
-def _known(session: Session, queue_id: int, source: str, items: list[_Item]) -> dict[tuple[str, str], int | InboundMessage]:
+def _known(session: Session, queue_id: int, source: str,
+           items: list[_Item]) -> dict[tuple[str, str], int | InboundMessage]:
     """The ids of what the queue holds already, by identity (see ``_identities``)."""
     # One indexed lookup per identity, joined with UNION ALL: an OR across the three columns
     # would make SQLite scan every stored message of the queue, and intake slow down as

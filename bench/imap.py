@@ -281,17 +281,6 @@ SELECT
 """)
 
 
-def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started (maild's parser workers), from /proc."""
-    found: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return found
-
-
 @dataclass
 class Timeline:
     """Seconds from maild's start until the polled counts first showed each stage, and
@@ -336,7 +325,7 @@ class Timeline:
     def sample_rss(self) -> None:
         for root in self.pids:
             seen = self._hwm.setdefault(root, {})
-            for pid in [root, *_children(root)]:
+            for pid in [root, *bench_intake.children(root)]:
                 try:
                     seen[pid] = bench_intake.peak_rss_kib(pid) / KIB
                 except (OSError, BenchError):
@@ -514,7 +503,10 @@ class SizeResult:
     all_stored_at: float | None
     all_processed_at: float | None
     peak_rss_by_stage_mib: dict[str, float | None]  # maild's VmHWM when each stage was reached
-    ratio: float  # maild / fetch+parse
+    ratio: float  # maild / fetch+parse, maild timed to its exit (every acknowledgement sent too)
+    # The same, maild timed until every message was a case or activity with its acknowledgement
+    # queued: the issue's own end point. Polled, so up to POLL_SECONDS late (a lower bound).
+    ratio_queued: float | None
     problems: list[str]  # failed checks; empty when the run is trustworthy
 
 
@@ -542,7 +534,8 @@ def size_run(opts: Options, account: Account, corpus: list[Generated], deadline:
         fetch_parse_cpu_seconds=limit.cpu_seconds, maild_per_sec=n / run.seconds, maild_seconds=run.seconds,
         maild_cpu_seconds=run.cpu_seconds, maild_peak_rss_mib=run.peak_rss_mib,
         first_stored_at=t.first_stored, all_stored_at=t.all_stored, all_processed_at=t.all_processed,
-        peak_rss_by_stage_mib=t.peak_rss_mib, ratio=limit.seconds / run.seconds, problems=problems,
+        peak_rss_by_stage_mib=t.peak_rss_mib, ratio=limit.seconds / run.seconds,
+        ratio_queued=limit.seconds / t.all_processed if t.all_processed else None, problems=problems,
     )
 
 
@@ -652,7 +645,7 @@ def print_report(r: Report) -> None:
         print_workers(w)
     print("\n  targets:")
     big = r.sizes[-1]
-    print(f"    maild / fetch+parse at {big.messages}: {r.ratio:.2f}  (>= {TARGET_RATIO:.2f}: "
+    print(f"    maild / fetch+parse at {big.messages}: {r.ratio:.2f} until exit  (>= {TARGET_RATIO:.2f}: "
           f"{verdict(r.targets['ratio'])})")
     if r.scaling is not None:
         print(f"    per-message rate, {big.messages} vs {r.sizes[0].messages}: {r.scaling:.2f}  "
@@ -678,7 +671,9 @@ def print_size(s: SizeResult) -> None:
     print(f"      timeline: first row stored {_at(s.first_stored_at)}, all stored {_at(s.all_stored_at)}, "
           f"all processed {_at(s.all_processed_at)}, exit {s.maild_seconds:.1f} s")
     print(f"      peak RSS by then: {_rss_stages(s.peak_rss_by_stage_mib)}")
-    print(f"    maild / limit:    {s.ratio:.2f}" + ("   checks FAILED (listed at the end)" if s.problems else ""))
+    queued = f"; {s.ratio_queued:.2f} until all processed (acknowledgements queued)" if s.ratio_queued else ""
+    print(f"    maild / limit:    {s.ratio:.2f} until exit (acknowledgements sent){queued}"
+          + ("   checks FAILED (listed at the end)" if s.problems else ""))
 
 
 def print_workers(w: WorkersResult) -> None:

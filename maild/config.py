@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,6 +45,13 @@ def _email(value: str) -> str:
 
 
 Email = Annotated[str, AfterValidator(_email)]
+
+
+def _parse_workers(value: Any) -> Any:
+    # One message for the one key, rather than one per member of the union.
+    if value == "auto" or (type(value) is int and 0 <= value <= 32):
+        return value
+    raise ValueError(f'expected "auto" or a whole number from 0 to 32, got {_show(value)}')
 
 
 class _Model(BaseModel):
@@ -110,9 +118,9 @@ class IntakeConfig(_Model):
     # How long a worker owns a mailbox without renewing; after that another worker takes over.
     mailbox_lease_seconds: int = Field(default=120, ge=10)
     # Processes that parse the next batch of a backlog while the current one is written
-    # (0: parse in-process). Each costs about 35 MiB and a CPU: one makes a lone daemon ~20%
-    # faster, but takes the CPU a second daemon would use (bench/imap.py), so it is opt-in.
-    parse_workers: int = Field(default=0, ge=0, le=32)
+    # (0: parse in-process). "auto": one on SQLite when the host has a CPU to spare, none on
+    # PostgreSQL, where more daemons are the way to use more CPUs (maild.parsepool.workers_for).
+    parse_workers: Annotated[int | Literal["auto"], BeforeValidator(_parse_workers)] = "auto"
 
 
 class SmtpRelayConfig(Secret):

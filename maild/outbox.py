@@ -24,6 +24,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, make_msgid
+from functools import lru_cache
 from typing import Any, cast
 
 from maild.models import Activity, OutboundMessage
@@ -146,9 +147,13 @@ def _attachment(att: FileAttachment) -> Message:
     return part
 
 
+@lru_cache(maxsize=4096)
 def _address(name: str, addr: str) -> str:
     """``Name <addr>``, the name encoded if it is not ASCII; ValueError for an address the
-    email package would refuse, or one that is not ASCII (no SMTPUTF8 here)."""
+    email package would refuse, or one that is not ASCII (no SMTPUTF8 here).
+
+    Cached: a queue's own address heads every mail it sends and customers write again, and
+    checking one costs more than the rest of a header (a refusal is not cached: it raises)."""
     try:
         checked = Address(display_name=one_line(name), addr_spec=addr)
     except HeaderParseError as exc:

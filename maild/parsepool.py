@@ -13,16 +13,24 @@ that sends it one chunk and reads the answer before sending the next, so neither
 block writing while the other does too. A worker that dies (a parser crash) costs its
 batch nothing: the batch is parsed in-process instead, and new workers start with the
 next backlog.
+
+How many workers (``intake.parse_workers``): by default ("auto") one on SQLite when the
+host has two CPUs or more, and none on PostgreSQL. SQLite has one writer, so a parse
+worker is the only way for a lone ``maild run`` to use a second CPU (bench/imap.py:
+about a third faster). On PostgreSQL more daemons share the work, parsing included, and
+a worker beside each only takes CPU from them (two daemons with a worker each were
+measured slower than two without).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from collections.abc import Callable
-from typing import IO, cast
+from typing import IO, Literal, cast
 
 from maild.errors import ParseError
 from maild.parse import ParsedMail, parse
@@ -40,6 +48,22 @@ def parse_one(raw: bytes) -> Parsed:
         return parse(raw)
     except ParseError as exc:
         return exc
+
+
+def workers_for(setting: int | Literal["auto"], database_url: str, cpus: int | None = None) -> int:
+    """The number of parse workers to run: ``setting`` itself unless it is "auto"."""
+    if setting != "auto":
+        return setting
+    backend = database_url.partition(":")[0].partition("+")[0]
+    return 1 if backend == "sqlite" and (cpus if cpus is not None else usable_cpus()) >= 2 else 0
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 class WorkerGone(Exception):
@@ -113,6 +137,8 @@ class Parser:
             return Pending(raws, None, self._discard)
         if not self._workers:
             self._workers = [Worker() for _ in range(self.workers)]
+            log.info("a backlog: started %d parse worker process(es), pids %s", len(self._workers),
+                     ",".join(str(w.process.pid) for w in self._workers))
         size = -(-len(raws) // len(self._workers))  # one chunk per worker: fewer round trips
         chunks = [raws[i:i + size] for i in range(0, len(raws), size)]
         return Pending(raws, [w.submit(c) for w, c in zip(self._workers, chunks)], self._discard)

@@ -180,8 +180,25 @@ def test_workers_starting_together_share_one_reply_token_key(tmp_path: Path) -> 
         assert [p.name for p in path.parent.iterdir()] == ["reply-token.key"], "no temporary files left"
 
 
-def test_parse_workers_are_opt_in() -> None:
-    assert config.IntakeConfig().parse_workers == 0
+def test_parse_workers_default_to_auto_and_take_a_number() -> None:
+    assert config.IntakeConfig().parse_workers == "auto"
     assert config.IntakeConfig(parse_workers=3).parse_workers == 3
-    with pytest.raises(ValueError):
-        config.IntakeConfig(parse_workers=-1)
+    assert config.IntakeConfig(parse_workers=0).parse_workers == 0
+    for bad in (-1, 33, "many", True, 1.5):
+        with pytest.raises(ValueError, match='expected "auto" or a whole number from 0 to 32'):
+            config.IntakeConfig(parse_workers=bad)
+
+
+@pytest.mark.parametrize(("setting", "url", "cpus", "workers"), [
+    ("auto", "sqlite:///maild.db", 2, 1),  # SQLite's one writer: a worker is how a second CPU helps
+    ("auto", "sqlite:////var/lib/maild/maild.db", 8, 1),
+    ("auto", "sqlite:///maild.db", 1, 0),  # no CPU to spare: it would only take turns with the writer
+    ("auto", "postgresql+psycopg://maild@db/maild", 8, 0),  # more daemons use more CPUs there
+    (0, "sqlite:///maild.db", 8, 0),
+    (2, "postgresql+psycopg://maild@db/maild", 1, 2),  # a number is taken as it is
+])
+def test_parse_workers_auto_means_one_on_sqlite_with_a_spare_cpu(setting: int | str, url: str, cpus: int,
+                                                                  workers: int) -> None:
+    from maild.parsepool import workers_for
+
+    assert workers_for(setting, url, cpus=cpus) == workers  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from maild import config as config_mod
 from maild import inbound
 from maild.app import App
 from maild.errors import ParseError
-from maild.parsepool import POOL_FROM, Parser, parse_one
+from maild.parsepool import POOL_FROM, Parser, parse_one, usable_cpus
 from maild.processing import IntakeRunner
 
 BACKLOG = 2 * POOL_FROM + 5
@@ -114,5 +114,21 @@ def test_maild_run_with_a_parse_worker_turns_a_backlog_into_cases(env: Env) -> N
     done = env.maild("run", "--once", timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert b"parser process died" not in done.stderr, "parsed by the worker, not in-process after a failure"
+    assert env.count("SELECT count(*) FROM cases") == count
+    assert len(env.peer.wait_for(count)) == count, "one acknowledgement per case"
+
+
+def test_maild_run_by_default_parses_in_a_worker_on_sqlite_only(env: Env) -> None:
+    """The shipped default ("auto"): the installed `maild run --once` starts a parse worker
+    on SQLite when a second CPU is there, and none on PostgreSQL (more daemons scale it)."""
+    assert "parse_workers" not in env.config.read_text()
+    count = POOL_FROM + 2
+    for raw in letters(count):
+        env.inject(raw)
+    done = env.maild("run", "--once", timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    started = b"started 1 parse worker process(es)" in done.stderr
+    assert started == (env.db_url.startswith("sqlite") and usable_cpus() >= 2), done.stderr.decode()[-2000:]
+    assert b"parser process died" not in done.stderr
     assert env.count("SELECT count(*) FROM cases") == count
     assert len(env.peer.wait_for(count)) == count, "one acknowledgement per case"

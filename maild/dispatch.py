@@ -74,20 +74,13 @@ class DispatchRunner(Runner):
 
     def _claim(self, now: datetime) -> list[int]:
         with transaction(self.factory) as session:
-            rows = session.scalars(
-                select(OutboundMessage)
-                .where(
-                    OutboundMessage.state == PENDING,
-                    OutboundMessage.next_attempt_at <= now,
-                    or_(OutboundMessage.claimed_until.is_(None), OutboundMessage.claimed_until < now),
-                )
-                .order_by(OutboundMessage.next_attempt_at, OutboundMessage.id)
-                .limit(self.batch)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.claimed_until, row.claimed_by = now + LEASE, self.worker
-            return [r.id for r in rows]
+            # Ids only: each row's bytes are read once, when it is marked sending.
+            conn = session.connection()
+            ids = list(conn.scalars(_CLAIMABLE, {"now": now, "limit": self.batch}))
+            if ids:
+                conn.execute(update(OutboundMessage).where(OutboundMessage.id.in_(ids)).values(
+                    claimed_until=now + LEASE, claimed_by=self.worker))
+            return ids
 
     def _send_one(self, row_id: int) -> Result | None:
         """Record the previous send's result and mark ``row_id`` sending (one commit), send
@@ -160,6 +153,17 @@ def _record(conn: Connection, result: Result) -> None:
         conn.execute(_ACTIVITY_SENT, {"row_id": result.row_id, "sent_at": result.at})
 
 
+_CLAIMABLE = (
+    select(OutboundMessage.id)
+    .where(
+        OutboundMessage.state == PENDING,
+        OutboundMessage.next_attempt_at <= bindparam("now"),
+        or_(OutboundMessage.claimed_until.is_(None), OutboundMessage.claimed_until < bindparam("now")),
+    )
+    .order_by(OutboundMessage.next_attempt_at, OutboundMessage.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
 # Built once and run on the connection: a sent message is three small statements, and
 # building them and passing them through the ORM each time cost more than running them.
 _ROW = OutboundMessage.id == bindparam("row_id")

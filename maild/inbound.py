@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from sqlalchemy import func, or_, select, union_all, update
+from sqlalchemy import bindparam, func, or_, select, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import wakeups
@@ -179,21 +179,27 @@ def claim(
     """
     with transaction(factory) as session:
         _give_up_on_poison(session, now, max_attempts)
-        rows = session.scalars(
-            select(InboundMessage)
-            .where(
-                InboundMessage.state == RECEIVED,
-                or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < now),
-            )
-            .order_by(InboundMessage.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
-        for row in rows:
-            row.attempts += 1
-            row.claimed_until = now + lease
-            row.claimed_by = worker
-        return [Claimed(r.id, r.queue_id, r.raw, r.attempts, r.received_at) for r in rows]
+        # Columns and a single UPDATE on the connection, not ORM objects: a batch's raw bytes
+        # are most of what is read, and the ORM would track and flush each row separately.
+        conn = session.connection()
+        rows = conn.execute(_CLAIMABLE, {"now": now, "limit": limit}).all()
+        if rows:
+            conn.execute(update(InboundMessage).where(InboundMessage.id.in_([r.id for r in rows])).values(
+                attempts=InboundMessage.attempts + 1, claimed_until=now + lease, claimed_by=worker))
+        return [Claimed(r.id, r.queue_id, r.raw, r.attempts + 1, r.received_at) for r in rows]
+
+
+_CLAIMABLE = (
+    select(InboundMessage.id, InboundMessage.queue_id, InboundMessage.raw, InboundMessage.attempts,
+           InboundMessage.received_at)
+    .where(
+        InboundMessage.state == RECEIVED,
+        or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < bindparam("now")),
+    )
+    .order_by(InboundMessage.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
 
 
 def _give_up_on_poison(session: Session, now: datetime, max_attempts: int) -> None:

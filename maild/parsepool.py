@@ -40,6 +40,9 @@ log = logging.getLogger("maild.intake")
 
 Parsed = ParsedMail | ParseError
 POOL_FROM = 10  # messages in a batch before it is worth a worker process
+# Workers that failed this many batches in a row are given up for the rest of the process
+# (a broken installation would otherwise start a dying worker for every batch).
+GIVE_UP_AFTER = 3
 
 
 def parse_one(raw: bytes) -> Parsed:
@@ -73,9 +76,10 @@ class WorkerGone(Exception):
 class Worker:
     """One ``python -m maild.parseworker`` and the thread that talks to it."""
 
+    COMMAND = (sys.executable, "-m", "maild.parseworker")
+
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "maild.parseworker"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.process = subprocess.Popen(self.COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="maild-parse")
 
     def submit(self, raws: list[bytes]) -> Future[list[Parsed]]:
@@ -110,18 +114,21 @@ class Pending:
     """A batch being parsed; ``result()`` waits for it, in the batch's order."""
 
     def __init__(self, raws: list[bytes], chunks: list[Future[list[Parsed]]] | None,
-                 on_broken: Callable[[], None]) -> None:
-        self.raws, self._chunks, self._on_broken = raws, chunks, on_broken
+                 parser: Parser | None = None) -> None:
+        self.raws, self._chunks, self._parser = raws, chunks, parser
         self.in_worker = chunks is not None
 
     def result(self) -> list[Parsed]:
-        if self._chunks is not None:
+        if self._chunks is not None and self._parser is not None:
             try:
-                return [parsed for chunk in self._chunks for parsed in chunk.result()]
+                parsed = [parsed for chunk in self._chunks for parsed in chunk.result()]
             except (WorkerGone, CancelledError) as exc:  # cancelled: its workers were dropped already
                 log.warning("a parser process died (%s); parsing %d message(s) in-process instead", exc,
                             len(self.raws))
-                self._on_broken()
+                self._parser.failed()
+            else:
+                self._parser.failures = 0
+                return parsed
         return [parse_one(raw) for raw in self.raws]
 
 
@@ -130,22 +137,40 @@ class Parser:
 
     def __init__(self, workers: int = 0) -> None:
         self.workers = workers
+        self.failures = 0  # batches in a row the workers failed
         self._workers: list[Worker] = []
 
     def submit(self, raws: list[bytes]) -> Pending:
-        if self.workers <= 0 or len(raws) < POOL_FROM:
-            return Pending(raws, None, self._discard)
-        if not self._workers:
-            self._workers = [Worker() for _ in range(self.workers)]
-            log.info("a backlog: started %d parse worker process(es), pids %s", len(self._workers),
-                     ",".join(str(w.process.pid) for w in self._workers))
+        if self.workers <= 0 or len(raws) < POOL_FROM or not self._started():
+            return Pending(raws, None)
         size = -(-len(raws) // len(self._workers))  # one chunk per worker: fewer round trips
         chunks = [raws[i:i + size] for i in range(0, len(raws), size)]
-        return Pending(raws, [w.submit(c) for w, c in zip(self._workers, chunks)], self._discard)
+        return Pending(raws, [w.submit(c) for w, c in zip(self._workers, chunks)], self)
 
-    def _discard(self) -> None:
-        """Drop broken workers without waiting for them; the next backlog starts new ones."""
+    def _started(self) -> bool:
+        if self._workers:
+            return True
+        try:
+            for _ in range(self.workers):
+                self._workers.append(Worker())
+        except OSError as exc:  # the interpreter cannot be started: parse here instead
+            log.warning("cannot start a parse worker process (%s); parsing in-process", exc)
+            self.failed()
+            return False
+        log.info("a backlog: started %d parse worker process(es), pids %s", len(self._workers),
+                 ",".join(str(w.process.pid) for w in self._workers))
+        return True
+
+    def failed(self) -> None:
+        """Drop broken workers without waiting for them; the next backlog starts new ones,
+        until GIVE_UP_AFTER batches in a row have failed."""
         self.close(wait=False)
+        self.failures += 1
+        if self.failures >= GIVE_UP_AFTER and self.workers > 0:
+            log.error("parse worker processes failed %d batches in a row; parsing in-process from now on "
+                      "(set intake.parse_workers = 0 to stop trying, and check that `%s -m maild.parseworker` "
+                      "runs)", self.failures, sys.executable)
+            self.workers = 0
 
     def close(self, wait: bool = True) -> None:
         workers, self._workers = self._workers, []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -14,7 +16,7 @@ from maild import config as config_mod
 from maild import inbound
 from maild.app import App
 from maild.errors import ParseError
-from maild.parsepool import POOL_FROM, Parser, parse_one, usable_cpus
+from maild.parsepool import GIVE_UP_AFTER, POOL_FROM, Parser, Worker, parse_one, usable_cpus
 from maild.processing import IntakeRunner
 
 BACKLOG = 2 * POOL_FROM + 5
@@ -132,3 +134,48 @@ def test_maild_run_by_default_parses_in_a_worker_on_sqlite_only(env: Env) -> Non
     assert b"parser process died" not in done.stderr
     assert env.count("SELECT count(*) FROM cases") == count
     assert len(env.peer.wait_for(count)) == count, "one acknowledgement per case"
+
+
+def test_a_worker_that_cannot_start_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Worker, "COMMAND", ("/nonexistent/python3", "-m", "maild.parseworker"))
+    raws = letters(POOL_FROM)
+    parser = Parser(workers=1)
+    pending = parser.submit(raws)
+    assert not pending.in_worker and parser.failures == 1
+    assert pending.result() == [parse_one(raw) for raw in raws]
+
+
+def test_workers_that_keep_dying_are_given_up(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A broken installation must not start a dying worker for every batch forever."""
+    monkeypatch.setattr(Worker, "COMMAND", (sys.executable, "-c", "import sys; sys.exit(3)"))
+    raws = letters(POOL_FROM)
+    want = [parse_one(raw) for raw in raws]
+    parser = Parser(workers=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="maild.intake"):
+            for _ in range(GIVE_UP_AFTER):
+                pending = parser.submit(raws)
+                assert pending.in_worker
+                assert pending.result() == want, "each failed batch is parsed in-process"
+        assert parser.workers == 0
+        assert "parsing in-process from now on" in caplog.text
+        assert not parser.submit(raws).in_worker and parser._workers == []
+    finally:
+        parser.close()
+
+
+def test_a_batch_the_workers_parse_clears_earlier_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    raws = letters(POOL_FROM)
+    parser = Parser(workers=1)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(Worker, "COMMAND", (sys.executable, "-c", "import sys; sys.exit(3)"))
+            parser.submit(raws).result()
+        assert parser.failures == 1
+        pending = parser.submit(raws)
+        assert pending.in_worker
+        assert pending.result() == [parse_one(raw) for raw in raws]
+        assert parser.failures == 0 and parser.workers == 1
+    finally:
+        parser.close()

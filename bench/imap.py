@@ -546,6 +546,34 @@ def size_run(opts: Options, account: Account, corpus: list[Generated], deadline:
     )
 
 
+# The servers on this host whose CPU a run also costs, by process name (comm).
+SERVICES = {
+    "postgresql": {"postgres"},
+    "dovecot": {"dovecot", "imap", "imap-login", "auth", "config", "log", "anvil", "stats", "indexer",
+                "indexer-worker"},
+}
+
+
+def service_cpu() -> dict[str, float]:
+    """CPU seconds each service has used so far: its processes' own and their reaped children's
+    (a backend that exited is counted in its parent's), from /proc. The difference of two
+    readings is what the service cost in between."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(SERVICES, 0.0)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        for service, names in SERVICES.items():
+            if comm in names:
+                totals[service] += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+    return totals
+
+
 @dataclass
 class WorkersResult:
     """``workers`` daemons draining a fresh mailbox of ``messages`` (PostgreSQL)."""
@@ -555,6 +583,7 @@ class WorkersResult:
     per_sec: float
     seconds: float
     cpu_seconds: float
+    service_cpu_seconds: dict[str, float]  # PostgreSQL's and Dovecot's, spawn to SIGTERM
     peak_rss_mib: float
     first_stored_at: float | None
     all_stored_at: float | None
@@ -571,10 +600,12 @@ def workers_run(opts: Options, account: Account, corpus: list[Generated], worker
     load_mailbox(account, corpus)
     with ExitStack() as stack:
         install, engine = make_install(opts, account, n, stack, deadline)
+        before = service_cpu()
         run = run_daemons(install, engine, n, workers, stack, deadline)
+        services = {name: used - before[name] for name, used in service_cpu().items()}
         problems = check_run(engine, corpus, install, account)
     t = run.timeline
-    return WorkersResult(workers, n, n / run.seconds, run.seconds, run.cpu_seconds, run.peak_rss_mib,
+    return WorkersResult(workers, n, n / run.seconds, run.seconds, run.cpu_seconds, services, run.peak_rss_mib,
                          t.first_stored, t.all_stored, t.all_processed, t.peak_rss_mib, run.processed_by,
                          problems)
 
@@ -696,6 +727,9 @@ def print_workers(w: WorkersResult) -> None:
     print(f"      timeline: first row stored {_at(w.first_stored_at)}, all stored {_at(w.all_stored_at)}, "
           f"all processed {_at(w.all_processed_at)}; rows processed per worker: {w.processed_by}")
     print(f"      peak RSS by then (largest worker): {_rss_stages(w.peak_rss_by_stage_mib)}")
+    pg, imap = w.service_cpu_seconds.get("postgresql", 0.0), w.service_cpu_seconds.get("dovecot", 0.0)
+    print(f"      CPU from spawn to exit: maild {w.cpu_seconds:.1f} s, PostgreSQL {pg:.1f} s, Dovecot {imap:.1f} s; "
+          f"{(w.cpu_seconds + pg + imap) / w.seconds:.2f} CPUs busy on average")
     if w.problems:
         print("      checks FAILED (listed at the end)")
 

@@ -29,7 +29,6 @@ import os
 import subprocess
 import sys
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from collections.abc import Callable
 from typing import IO, Literal, cast
 
 from maild.errors import ParseError

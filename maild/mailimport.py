@@ -36,6 +36,7 @@ from maild.db import transaction
 from maild.errors import MaildError
 from maild.historical import IMPORT_SOURCE
 from maild.models import ACTIVE, QUARANTINED, RECEIVED, RESOLVED, Activity, Case, InboundMessage
+from maild.parsepool import Parser, Pending, workers_for
 from maild.processing import IntakeRunner
 
 FORMATS = ("mbox", "maildir")
@@ -198,17 +199,34 @@ def _import(factory: sessionmaker[Session], ctx: IntakeContext, archive: Archive
     entries = _oldest_first(archive, reporter)
     summary.messages = len(entries)
     reporter.start("importing", len(entries))
-    for chunk in _chunks(entries, batch):
-        fresh, known = _store(runner, ctx, archive, queue_id, chunk)
-        summary.skipped += sum(1 for stored_id in known if stored_id not in resumed)
-        for outcome in runner.process_batch(fresh, ctx) if fresh else []:
-            summary.count(outcome)
-        reporter.advance(len(chunk))
+    # As `maild run` does: a parse worker (intake.parse_workers) parses the batch stored
+    # last while the one before is written. Batches are still written oldest first.
+    parser = Parser(workers_for(ctx.config.intake.parse_workers, ctx.config.database.url))
+    ahead: tuple[list[inbound.Claimed], Pending, int] | None = None
+    try:
+        for chunk in _chunks(entries, batch):
+            fresh, known = _store(runner, ctx, archive, queue_id, chunk)
+            summary.skipped += sum(1 for stored_id in known if stored_id not in resumed)
+            if ahead is not None:
+                _write(runner, ctx, ahead, summary, reporter)
+            ahead = (fresh, parser.submit([item.raw for item in fresh]), len(chunk))
+        if ahead is not None:
+            _write(runner, ctx, ahead, summary, reporter)
+    finally:
+        parser.close()
     summary.pending = 0  # a last pass for replies that waited and batches deferred
     _finish_leftovers(runner, ctx, queue_id, summary, count_as_resumed=False)
     if status == "resolved":
         summary.resolved = resolve_imported(factory, queue_id)
     return summary
+
+
+def _write(runner: IntakeRunner, ctx: IntakeContext, stored: tuple[list[inbound.Claimed], Pending, int],
+           summary: Summary, reporter: Reporter) -> None:
+    fresh, parsing, size = stored
+    for outcome in runner.process_batch(fresh, ctx, parsing.result()) if fresh else []:
+        summary.count(outcome)
+    reporter.advance(size)
 
 
 def _oldest_first(archive: Archive, reporter: Reporter) -> list[_Entry]:

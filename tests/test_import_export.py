@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import mailbox
 import os
 import random
@@ -23,9 +24,11 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from conftest import MAILD, Env, mail
+from maild.parsepool import POOL_FROM
 from test_agent_mail import queue_keys
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -191,6 +194,30 @@ def test_a_killed_import_resumes_without_duplicates(make_env: Any, tmp_path: Pat
     assert skipped > 0 and created + threaded + skipped + quarantined + ignored == 30, \
         f"every message accounted for once: {out}"
     assert "0 new case(s)" in env.ok("import", "mbox", str(archive), "--queue", "support")
+    check_history(env)
+
+
+def test_an_import_parses_the_next_batch_in_a_worker(make_env: Any, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """As `maild run` does (intake.parse_workers): a worker parses the batch stored last while
+    the one before is written, and the history comes out exactly as without one."""
+    from maild import config as config_mod
+    from maild.app import App
+    from maild.mailimport import Archive, import_archive
+
+    env = history_env(make_env, tmp_path)
+    env.config.write_text(env.config.read_text().replace("[intake]\n", "[intake]\nparse_workers = 1\n", 1))
+    archive = write_mbox(tmp_path / "archive.mbox", history())
+    app = App(config_mod.load(env.config))
+    try:
+        with caplog.at_level(logging.INFO, logger="maild.intake"):
+            summary = import_archive(app.factory, app.intake_context(), Archive("mbox", archive), "support",
+                                     status="resolved", clock=app.clock, batch=POOL_FROM)
+    finally:
+        app.close()
+    assert "started 1 parse worker process(es)" in caplog.text
+    assert "parser process died" not in caplog.text, "parsed by the worker, not in-process after a failure"
+    assert (summary.created, summary.threaded, summary.quarantined) == (10, 19, 1)
     check_history(env)
 
 

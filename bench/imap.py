@@ -305,12 +305,10 @@ class Timeline:
     all_processed: float | None = None
     done: float | None = None  # all processed and every acknowledgement written out
     peak_rss_mib: dict[str, float | None] = field(default_factory=dict)  # stage -> largest VmHWM by then
-    # The largest VmHWM seen: maild's peak RSS. Not ru_maxrss: a child started with vfork
-    # (subprocess does) inherits its parent's high-water mark, here the whole corpus's.
-    # A maild's figure is its own VmHWM plus its parser worker processes' (its children):
-    # an upper bound of what it held at once.
+    # The largest maild's memory seen (bench_intake.ProcessTree: its VmHWM and its parse
+    # workers'), here where the parent holds the whole corpus.
     max_rss_mib: float | None = None
-    _hwm: dict[int, dict[int, float]] = field(default_factory=dict)  # maild pid -> {its pid or a child's: MiB}
+    _trees: dict[int, bench_intake.ProcessTree] = field(default_factory=dict)  # by maild pid
 
     def update(self, engine: sa.Engine) -> bool:
         """Poll once (counts and VmHWM); True when everything is done."""
@@ -331,14 +329,9 @@ class Timeline:
 
     def sample_rss(self) -> None:
         for root in self.pids:
-            seen = self._hwm.setdefault(root, {})
-            for pid in [root, *bench_intake.children(root)]:
-                try:
-                    seen[pid] = bench_intake.peak_rss_kib(pid) / KIB
-                except (OSError, BenchError):
-                    continue  # exited (a zombie has no memory left to report): keep its last figure
-            if seen:
-                self.max_rss_mib = max(self.max_rss_mib or 0.0, sum(seen.values()))
+            kib = self._trees.setdefault(root, bench_intake.ProcessTree(root)).sample()
+            if kib is not None:
+                self.max_rss_mib = max(self.max_rss_mib or 0.0, kib / KIB)
 
     def follow(self, engine: sa.Engine, stop: threading.Event) -> None:
         """Poll until ``stop``: runs in a thread while the main thread waits for the process."""

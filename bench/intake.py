@@ -861,35 +861,46 @@ def children(pid: int) -> list[int]:
     return found
 
 
+class ProcessTree:
+    """maild's memory: its own VmHWM plus its parse workers' (its children), an upper bound
+    of what it held at once. A process that exited keeps the last figure read for it.
+    Not ru_maxrss: that gives the largest single process, and a child started with vfork
+    (subprocess does) inherits its parent's high-water mark."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._seen: dict[int, float] = {}  # pid -> VmHWM in KiB
+
+    def sample(self) -> float | None:
+        """Read every process's VmHWM now; the total in KiB, None while none was ever read."""
+        for pid in [self.pid, *children(self.pid)]:
+            try:
+                self._seen[pid] = peak_rss_kib(pid)
+            except (OSError, BenchError):
+                continue  # exited (a zombie has no memory left to report)
+        return sum(self._seen.values()) if self._seen else None
+
+
 class TreePeak:
-    """maild's peak RSS: its own VmHWM plus its parse workers' (an upper bound of what it
-    held at once). Sampled every POLL seconds in a thread, since a worker may exit first;
-    ru_maxrss would give the largest single process instead of the sum."""
+    """A ProcessTree read every POLL seconds in a thread, for a process timed to its exit."""
 
     POLL = 0.1
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.seen = pid, {}  # type: dict[int, float]
+        self.tree, self.kib = ProcessTree(pid), 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def sample(self) -> None:
-        for pid in [self.pid, *children(self.pid)]:
-            try:
-                self.seen[pid] = peak_rss_kib(pid)
-            except (OSError, BenchError):
-                continue  # exited: keep its last figure
-
     def _run(self) -> None:
         while not self._stop.wait(self.POLL):
-            self.sample()
+            self.kib = self.tree.sample() or self.kib
 
     def stop(self) -> float:
-        """Stop sampling; the peak in KiB."""
+        """Stop reading; the peak in KiB."""
         self._stop.set()
         self._thread.join()
-        return sum(self.seen.values())
+        return self.kib
 
 
 def stop_daemon(proc: subprocess.Popen[bytes], deadline: Deadline) -> tuple[int, resource.struct_rusage]:
@@ -972,15 +983,14 @@ def run_smtp(opts: Options, install: Install, corpus: list[Generated], engine: s
     start, delivery = deliver_all(corpus, opts.clients, lambda: SmtpSender(install.port), deadline)
     done = wait_until_done(engine, len(corpus), deadline)
     bench_cpu = cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - cpu_seconds(cpu0)
-    peak = TreePeak(proc.pid)  # before SIGTERM: afterwards /proc/<pid> may be gone
-    peak.sample()
+    peak = ProcessTree(proc.pid).sample() or 0.0  # before SIGTERM: afterwards /proc/<pid> may be gone
     code, usage = stop_daemon(proc, deadline)
     if code != 0:
         raise BenchError(f"maild run exited {code} after SIGTERM, expected 0:\n{tail(install.log)}")
     n = len(corpus)
     intake, e2e = delivery.last_ack - start, done - start
     return Result(**base_result(opts, install, corpus, deadline),
-                  intake_per_sec=n / intake, end_to_end_per_sec=n / e2e, peak_rss_mib=peak.stop() / MIB,
+                  intake_per_sec=n / intake, end_to_end_per_sec=n / e2e, peak_rss_mib=peak / MIB,
                   intake_seconds=intake, end_to_end_seconds=e2e, temp_failures=delivery.temp_failures,
                   maild_cpu_seconds=cpu_seconds(usage), bench_cpu_seconds=bench_cpu)
 

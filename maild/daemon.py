@@ -26,7 +26,7 @@ from maild.errors import ConfigError
 from maild.intake.imap import ImapPoller
 from maild.intake.smtp import IntakeController, IntakeHandler
 from maild.liveness import Presence, ReaperRunner, presence_for, reap, worker_id
-from maild.parsepool import Parser, workers_for
+from maild.parsepool import parser_for
 from maild.processing import IntakeRunner
 from maild.reportmail import ReportMailRunner
 from maild.runner import Runner
@@ -48,7 +48,7 @@ class Daemon:
         me = self.presence.worker_id
         self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock, worker=me)
         self.intake = IntakeRunner(app.factory, self._context, clock=app.clock, on_processed=self.dispatch.poke,
-                                   worker=me, parser=_parser(app))
+                                   worker=me, parser=parser_for(app.config))
         self.pollers = make_pollers(app, on_stored=self.intake.poke, worker=me)
         self.reaper = ReaperRunner(app.factory, self.presence, clock=app.clock)
         self.sla = SlaRunner(app.factory, lambda: self._context().rules, self._act, clock=app.clock)
@@ -150,10 +150,6 @@ class Daemon:
         self.stop()
 
 
-def _parser(app: App) -> Parser:
-    return Parser(workers_for(app.config.intake.parse_workers, app.config.database.url))
-
-
 def make_pollers(app: App, on_stored: Callable[[], None] = lambda: None, worker: str | None = None) -> list[ImapPoller]:
     lease = timedelta(seconds=app.config.intake.mailbox_lease_seconds)
     return [
@@ -185,7 +181,7 @@ def _drain(app: App, transport: Transport, presence: Presence) -> tuple[int, int
     reap(app.factory, presence, app.clock())
     ctx = app.intake_context()
     intake = IntakeRunner(app.factory, lambda: ctx, clock=app.clock, worker=presence.worker_id,
-                          parser=_parser(app))
+                          parser=parser_for(app.config))
     dispatch = DispatchRunner(app.factory, transport, app.config.outgoing, clock=app.clock, worker=presence.worker_id)
     for poller in make_pollers(app, worker=presence.worker_id):
         try:

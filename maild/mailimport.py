@@ -36,7 +36,7 @@ from maild.db import transaction
 from maild.errors import MaildError
 from maild.historical import IMPORT_SOURCE
 from maild.models import ACTIVE, QUARANTINED, RECEIVED, RESOLVED, Activity, Case, InboundMessage
-from maild.parsepool import Parser, Pending, workers_for
+from maild.parsepool import Pending, parser_for
 from maild.processing import IntakeRunner
 
 FORMATS = ("mbox", "maildir")
@@ -193,15 +193,15 @@ def import_archive(factory: sessionmaker[Session], ctx: IntakeContext, archive: 
 
 def _import(factory: sessionmaker[Session], ctx: IntakeContext, archive: Archive, queue_id: int, status: str,
             clock: Clock, batch: int, reporter: Reporter, worker: str) -> Summary:
-    runner = IntakeRunner(factory, lambda: ctx, clock=clock, batch=batch, worker=worker)
+    # As `maild run` does: a parse worker (intake.parse_workers) parses the batch stored
+    # last while the one before is written. Batches are still written oldest first.
+    runner = IntakeRunner(factory, lambda: ctx, clock=clock, batch=batch, worker=worker,
+                          parser=parser_for(ctx.config))
     summary = Summary()
     resumed = _finish_leftovers(runner, ctx, queue_id, summary, count_as_resumed=True)
     entries = _oldest_first(archive, reporter)
     summary.messages = len(entries)
     reporter.start("importing", len(entries))
-    # As `maild run` does: a parse worker (intake.parse_workers) parses the batch stored
-    # last while the one before is written. Batches are still written oldest first.
-    parser = Parser(workers_for(ctx.config.intake.parse_workers, ctx.config.database.url))
     ahead: tuple[list[inbound.Claimed], Pending, int] | None = None
     try:
         for chunk in _chunks(entries, batch):
@@ -209,11 +209,11 @@ def _import(factory: sessionmaker[Session], ctx: IntakeContext, archive: Archive
             summary.skipped += sum(1 for stored_id in known if stored_id not in resumed)
             if ahead is not None:
                 _write(runner, ctx, ahead, summary, reporter)
-            ahead = (fresh, parser.submit([item.raw for item in fresh]), len(chunk))
+            ahead = (fresh, runner.parser.submit([item.raw for item in fresh]), len(chunk))
         if ahead is not None:
             _write(runner, ctx, ahead, summary, reporter)
     finally:
-        parser.close()
+        runner.close()
     summary.pending = 0  # a last pass for replies that waited and batches deferred
     _finish_leftovers(runner, ctx, queue_id, summary, count_as_resumed=False)
     if status == "resolved":

@@ -29,11 +29,14 @@ import os
 import subprocess
 import sys
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from typing import IO, Literal, cast
+from typing import IO, TYPE_CHECKING, Literal, cast
 
 from maild.errors import ParseError
 from maild.parse import ParsedMail, parse
 from maild.parseworker import read_frame, write_frame
+
+if TYPE_CHECKING:  # not imported at run time: a worker imports this module, and only the parser
+    from maild.config import Config
 
 log = logging.getLogger("maild.intake")
 
@@ -50,6 +53,11 @@ def parse_one(raw: bytes) -> Parsed:
         return parse(raw)
     except ParseError as exc:
         return exc
+
+
+def parser_for(config: Config) -> Parser:
+    """The parser ``maild run`` and ``maild import`` use: ``intake.parse_workers`` workers."""
+    return Parser(workers_for(config.intake.parse_workers, config.database.url))
 
 
 def workers_for(setting: int | Literal["auto"], database_url: str, cpus: int | None = None) -> int:
@@ -112,21 +120,22 @@ class Worker:
 class Pending:
     """A batch being parsed; ``result()`` waits for it, in the batch's order."""
 
-    def __init__(self, raws: list[bytes], chunks: list[Future[list[Parsed]]] | None,
-                 parser: Parser | None = None) -> None:
-        self.raws, self._chunks, self._parser = raws, chunks, parser
-        self.in_worker = chunks is not None
+    def __init__(self, raws: list[bytes], in_workers: tuple[Parser, list[Future[list[Parsed]]]] | None = None
+                 ) -> None:
+        self.raws, self._in_workers = raws, in_workers
+        self.in_worker = in_workers is not None
 
     def result(self) -> list[Parsed]:
-        if self._chunks is not None and self._parser is not None:
+        if self._in_workers is not None:
+            parser, chunks = self._in_workers
             try:
-                parsed = [parsed for chunk in self._chunks for parsed in chunk.result()]
+                parsed = [parsed for chunk in chunks for parsed in chunk.result()]
             except (WorkerGone, CancelledError) as exc:  # cancelled: its workers were dropped already
                 log.warning("a parser process died (%s); parsing %d message(s) in-process instead", exc,
                             len(self.raws))
-                self._parser.failed()
+                parser.failed()
             else:
-                self._parser.failures = 0
+                parser.failures = 0  # the count is of failures in a row
                 return parsed
         return [parse_one(raw) for raw in self.raws]
 
@@ -141,10 +150,10 @@ class Parser:
 
     def submit(self, raws: list[bytes]) -> Pending:
         if self.workers <= 0 or len(raws) < POOL_FROM or not self._started():
-            return Pending(raws, None)
+            return Pending(raws)
         size = -(-len(raws) // len(self._workers))  # one chunk per worker: fewer round trips
         chunks = [raws[i:i + size] for i in range(0, len(raws), size)]
-        return Pending(raws, [w.submit(c) for w, c in zip(self._workers, chunks)], self)
+        return Pending(raws, (self, [w.submit(c) for w, c in zip(self._workers, chunks)]))
 
     def _started(self) -> bool:
         if self._workers:

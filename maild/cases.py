@@ -33,6 +33,7 @@ from maild.models import (
     RECEIVED,
     RESOLVED,
     Activity,
+    Agent,
     Attachment,
     AuditEvent,
     Case,
@@ -344,8 +345,10 @@ def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
 
 
 # Lookups every message makes, built once and run on the connection: through the ORM,
-# building and routing each statement cost more than running it. Nothing they read is
-# pending in the session (each earlier message was flushed when its savepoint closed).
+# building and routing each statement cost more than running it. Being on the connection,
+# they do not flush the session, so they do not see the rows of the batch's earlier
+# messages that are still pending there (a batch is flushed once, at its end, see
+# maild.processing): their callers add those from ``session.new``.
 _DUPLICATE = (select(Activity.case_id)
               .where(Activity.message_id == bindparam("message_id"), Activity.kind == INCOMING_EMAIL).limit(1))
 _RECENT_ACKS = select(func.count()).where(
@@ -360,6 +363,9 @@ _NEXT = update(Counter).where(Counter.name == bindparam("counter")).values(value
 def _duplicate_case(session: Session, message_id: str | None) -> int | None:
     if not message_id:
         return None
+    for row in session.new:  # an earlier message of this batch
+        if isinstance(row, Activity) and row.message_id == message_id and row.kind == INCOMING_EMAIL:
+            return row.case_id if row.case_id is not None else row.case.id
     return session.connection().execute(_DUPLICATE, {"message_id": message_id}).scalar()
 
 
@@ -395,8 +401,11 @@ def _reference(session: Session, case_id: int) -> str | None:
 
 
 def _recent_acks(session: Session, recipient: str, now: datetime) -> int:
-    found = session.connection().execute(_RECENT_ACKS, {"recipient": recipient, "since": now - timedelta(hours=1)})
-    return int(found.scalar() or 0)
+    since = now - timedelta(hours=1)
+    found = session.connection().execute(_RECENT_ACKS, {"recipient": recipient, "since": since})
+    pending = sum(1 for row in session.new if isinstance(row, OutboundMessage) and row.recipient == recipient
+                  and row.kind in (ACKNOWLEDGEMENT, REFUSAL) and row.created_at > since)  # earlier in this batch
+    return int(found.scalar() or 0) + pending
 
 
 def _finish(inbound: InboundMessage, outcome: str, case_id: int | None, now: datetime) -> None:
@@ -675,7 +684,10 @@ def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str 
     if mail.sender is None:
         raise ProcessingError("the message has no usable From address")
     email = mail.sender.email
-    contact = session.scalar(select(Contact).where(Contact.email == email))
+    # Without flushing the batch's pending rows: a contact is flushed when it is made (its
+    # savepoint below), so the lookup finds those of the batch's earlier messages too.
+    with session.no_autoflush:
+        contact = session.scalar(select(Contact).where(Contact.email == email))
     if contact is None:
         try:
             with session.begin_nested():  # another worker may be creating the same contact
@@ -693,16 +705,8 @@ def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str 
     return contact
 
 
-def next_number(session: Session, name: str = "case") -> int:
-    """The next value of a named counter; the row lock serialises concurrent writers.
-
-    Case numbers on PostgreSQL come from a sequence instead: a counter row stays locked
-    until the whole batch commits, which serialises every worker's case creation and lets
-    two workers deadlock on it. A sequence hands out numbers without a lock; a rolled-back
-    batch leaves a gap, which is harmless (references also carry a random suffix).
-    """
-    if name == "case" and session.get_bind().dialect.name == "postgresql":
-        return int(session.execute(text("SELECT nextval('case_number_seq')")).scalar_one())
+def next_number(session: Session, name: str) -> int:
+    """The next value of a named counter; the row lock serialises concurrent writers."""
     value = session.connection().execute(_NEXT, {"counter": name}).scalar_one_or_none()
     if value is None:
         session.add(Counter(name=name, value=1))
@@ -716,13 +720,16 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
     prefix = ctx.config.cases.reference_prefix
     fields = new_case_fields(d.rules, mail, queue=ctx.queue_name(queue_id), queue_id=queue_id, prefix=prefix,
                              registry=ctx.registry)
+    number, case_id = _case_keys(session)
+    owner_id = _team_owner(session, ctx, d) or fields.owner_id
     case = Case(
-        reference=make_reference(prefix, next_number(session)),
+        id=case_id,
+        reference=make_reference(prefix, number),
         title=fields.title,
         contact_id=contact.id,
         account_id=contact.account_id,
         queue_id=fields.queue_id,
-        owner_id=_team_owner(session, ctx, d) or fields.owner_id,
+        owner_id=owner_id,
         status=ACTIVE,
         status_reason="In Progress",
         origin=fields.origin,
@@ -733,9 +740,41 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
         updated_at=now,
         previous_case_id=d.case.id if d.case else None,
     )
+    # It stays pending until the batch is flushed, and a pending object's relationships are
+    # not loaded from its keys: they are set here.
+    case.contact, case.queue = contact, session.get_one(Queue, fields.queue_id)
+    case.owner = session.get_one(Agent, owner_id) if owner_id is not None else None
     session.add(case)
-    session.flush()
     return case
+
+
+def _case_keys(session: Session) -> tuple[int, int]:
+    """A new case's number and primary key, both known before its row is written.
+
+    With its id known up front, a new case needs no flush of its own: every row that points
+    at it is written in the batch's one flush (see maild.processing).
+    On PostgreSQL both come from sequences, in one statement. A counter row would stay locked
+    until the whole batch commits, which serialises every worker's case creation and lets
+    two workers deadlock on it; a sequence hands out numbers without a lock, and a rolled-back
+    batch leaves a gap, which is harmless (references also carry a random suffix).
+    On SQLite, which has a single writer holding the database for the whole transaction, the
+    number is the "case" counter's and the id is the largest one plus one, as SQLite itself
+    would choose; it is read once per transaction and counted on from there.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        number, case_id = session.execute(_PG_CASE_KEYS).one()
+        return int(number), int(case_id)
+    transaction = session.get_transaction()
+    last = session.info.get(_LAST_CASE_ID)
+    if last is None or last[0] is not transaction:
+        last = (transaction, int(session.connection().execute(_MAX_CASE_ID).scalar_one()))
+    session.info[_LAST_CASE_ID] = (transaction, last[1] + 1)
+    return next_number(session, "case"), last[1] + 1
+
+
+_PG_CASE_KEYS = text("SELECT nextval('case_number_seq'), nextval(pg_get_serial_sequence('cases', 'id'))")
+_MAX_CASE_ID = select(func.coalesce(func.max(Case.id), 0))
+_LAST_CASE_ID = "maild.last_case_id"
 
 
 def _start_sla(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail, charge: entitlements.Charge,

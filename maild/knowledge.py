@@ -377,10 +377,11 @@ def suggested(session: Session, case: Case, article_ids: list[int], message_id: 
     if not article_ids:
         return
     # On the session's connection, not through the ORM: as objects, these rows made every
-    # acknowledged case's flush cost more than the suggestion itself, and a statement through
-    # the session would flush the message's other rows early. The case's row is in already.
+    # acknowledged case's flush cost more than the suggestion itself. The case's row may
+    # still be pending (see maild.cases._case_keys), so the session is flushed first.
     # An executemany of one cached statement: a multi-row VALUES is compiled anew for every
     # call (0.6 ms), and psycopg pipelines the rows into one round trip anyway.
+    session.flush()
     session.connection().execute(insert(KbCaseLink), [
         {"article_id": i, "case_id": case.id, "linked_at": now, "suggested": True, "sent": False,
          "message_id": message_id} for i in article_ids])

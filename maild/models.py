@@ -238,6 +238,8 @@ class SlaKpi(Base):
     warned_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # Only for a flush's order (maild sets case_id): a new case is written before rows pointing at it.
+    case: Mapped[Case] = relationship()
     # Paused intervals and fired actions, for `maild sla explain`.
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
@@ -322,6 +324,8 @@ class InboundMessage(Base):
     source_acked: Mapped[bool] = mapped_column(default=True, server_default=sa_true())
 
     queue: Mapped[Queue] = relationship()
+    # Only for a flush's order (maild sets case_id): a new case is written before rows pointing at it.
+    case: Mapped[Case | None] = relationship()
 
 
 # Outbound states.
@@ -355,6 +359,8 @@ class OutboundMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     activity: Mapped[Activity | None] = relationship()
+    # Only for a flush's order (maild sets case_id): a new case is written before rows pointing at it.
+    case: Mapped[Case | None] = relationship()
 
 
 class AuditEvent(Base):
@@ -365,6 +371,8 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(50))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Only for a flush's order (maild sets case_id): a new case is written before rows pointing at it.
+    case: Mapped[Case | None] = relationship()
 
 
 class MailboxState(Base):

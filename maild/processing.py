@@ -8,8 +8,11 @@ message. Whatever goes wrong with one message must cost only that message, which
 quarantined with its reason in the same commit. Savepoints per message would guarantee
 that, at two statements (two round trips on PostgreSQL) a message, for what is rare: so a
 batch is first written without them, and only if a message fails is the batch rolled back
-and written again with a savepoint around each message. A temporary database failure
-defers the whole batch.
+and written again with a savepoint around each message. Written without them, the batch's
+new rows are also flushed together, once, at its end (a flush costs as much again per call
+as per row written); a row the database refuses there belongs to no message in particular,
+so that too writes the batch again, with savepoints. A temporary database failure defers
+the whole batch.
 """
 
 from __future__ import annotations
@@ -144,7 +147,10 @@ class IntakeRunner(Runner):
             # every new case would otherwise load its queue again.
             session.info["maild.queues"] = session.scalars(select(Queue)).all()
             locked = lock_inbound(session, [item.id for item, _ in parsed])
-            return [self._apply_one(session, ctx, item, mail, locked.get(item.id), careful) for item, mail in parsed]
+            outcomes = [self._apply_one(session, ctx, item, mail, locked.get(item.id), careful) for item, mail in parsed]
+            if not careful:
+                _flush_batch(session)
+            return outcomes
 
     def _apply_one(self, session: Session, ctx: IntakeContext, item: inbound.Claimed,
                    mail: Parsed, locked: InboundMessage | None, careful: bool) -> Outcome:
@@ -155,9 +161,8 @@ class IntakeRunner(Runner):
             if careful:
                 with session.begin_nested():
                     outcome = apply(session, ctx, item.id, mail, self.clock(), locked=locked)
-            else:
+            else:  # its rows are flushed with the batch's (see _flush_batch)
                 outcome = apply(session, ctx, item.id, mail, self.clock(), locked=locked)
-                session.flush()  # its rows' errors are its own, not the next message's
             if outcome.action == "waiting":
                 self._wait(session, item)
             return outcome
@@ -213,6 +218,23 @@ class IntakeRunner(Runner):
         level = logging.WARNING if outcome.action == "quarantined" else logging.INFO
         log.log(level, "inbound %d queue=%s from=%s message-id=%s: %s", item.id, ctx.queue_name(item.queue_id),
                 sender, msgid, outcome.describe())
+
+
+def _flush_batch(session: Session) -> None:
+    """Write the rows of a batch written without savepoints; if the database refuses one,
+    write the batch again with them, so that only the message it belongs to is quarantined."""
+    try:
+        session.flush()
+    except IntegrityError:
+        raise  # a concurrent worker wrote the same row first: the batch retries shortly
+    except OperationalError as exc:
+        if is_temporary(exc):
+            raise TemporaryFailure(f"database conflict: {str(exc.orig).strip().splitlines()[0]}") from exc
+        raise _WriteAgain from exc
+    except Exception as exc:
+        log.info("a batch's rows could not be written together; writing it again message by message: %s: %s",
+                 type(exc).__name__, exc)
+        raise _WriteAgain from exc
 
 
 def _conflict(exc: Exception) -> bool:

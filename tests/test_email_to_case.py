@@ -150,6 +150,22 @@ def test_duplicate_delivery_creates_nothing_new(env: Env) -> None:
     assert sorted(r["outcome"] for r in inbound) == ["created", "duplicate"]
 
 
+def test_one_batch_sees_what_its_earlier_messages_made(env: Env) -> None:
+    """A batch's rows are written together at its end; until then each message still finds
+    what the batch's earlier ones made: a duplicate's case, the case a reply answers, the contact."""
+    first = mail(message_id="<first@customer.test>")
+    env.inject(first)
+    env.inject(first.replace(b"To: support@example.test", b"To: billing@example.test"), "--queue", "billing")
+    env.inject(mail(subject="Re: Printer on fire", body="Still burning.\n",
+                    headers={"In-Reply-To": "<first@customer.test>"}))
+    env.inject(mail(subject="Scanner jammed"))
+    env.ok("run", "--once")  # the four in one batch (intake takes up to 20)
+    assert sorted(c["title"] for c in env.json("cases", "list")) == ["Printer on fire", "Scanner jammed"]
+    assert sorted(r["outcome"] for r in env.json("inbound", "list")) == ["created", "created", "duplicate", "threaded"]
+    assert env.count("SELECT count(*) FROM contact") == 1
+    assert len(env.peer.wait_for(2)) == 2
+
+
 def test_header_injection_is_impossible(env: Env) -> None:
     raw = (b"From: =?utf-8?b?" + __import__("base64").b64encode("Eve\r\nBcc: victim@evil.test".encode())
            + b"?= <eve@customer.test>\r\nTo: support@example.test\r\nMessage-ID: <inj@customer.test>\r\n"

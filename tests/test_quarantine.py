@@ -64,6 +64,38 @@ def test_one_bad_message_in_a_batch_costs_only_that_message(make_env, tmp_path) 
     assert len(env.rows("SELECT id FROM outbound_message")) == 3, "one acknowledgement per case, none for the bad one"
 
 
+def refuse_activities_about(env: Env, word: str) -> None:
+    """A trigger that makes the database itself refuse the activity row of a mail whose
+    subject has ``word``: an error only the write of that row can meet."""
+    with env.engine().begin() as conn:
+        if env.db_url.startswith("postgresql"):
+            conn.execute(sa.text(
+                "CREATE FUNCTION refuse_activity() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.subject LIKE '%{word}%' THEN RAISE EXCEPTION 'refused: %', NEW.subject; END IF; "
+                "RETURN NEW; END $$"))
+            conn.execute(sa.text("CREATE TRIGGER refuse BEFORE INSERT ON activity FOR EACH ROW "
+                                 "EXECUTE FUNCTION refuse_activity()"))
+        else:  # SQLite: json() of a subject fails when it runs, that is for that row only
+            conn.execute(sa.text(f"CREATE TRIGGER refuse BEFORE INSERT ON activity WHEN NEW.subject LIKE '%{word}%' "
+                                 "BEGIN SELECT json(NEW.subject); END"))
+
+
+def test_a_row_the_database_refuses_when_the_batch_is_written_costs_only_its_message(env: Env) -> None:
+    """A batch's rows are flushed together at its end. When the database refuses one of them
+    there, the batch is written again message by message: the others become cases once, and
+    only the message the row belongs to is quarantined, with the database's reason."""
+    refuse_activities_about(env, "poison")
+    for subject in ("Printer on fire", "A poison message", "Scanner jammed", "Toner empty"):
+        env.inject(mail(subject=subject))
+    env.ok("run", "--once")  # the four in one batch (intake takes up to 20)
+    titles = sorted(c["title"] for c in env.json("cases", "list"))
+    assert titles == ["Printer on fire", "Scanner jammed", "Toner empty"], "each good message exactly once"
+    [row] = env.json("inbound", "list", "--quarantined")
+    assert ("refused: A poison message" if env.db_url.startswith("postgresql") else "malformed JSON") in row["error"]
+    assert len(env.peer.wait_for(3)) == 3
+    assert env.count("SELECT count(*) FROM outbound_message") == 3, "one acknowledgement per case"
+
+
 def test_unparseable_bytes_are_quarantined_not_dropped(env: Env) -> None:
     env.inject(b"\x00\x01\x02 this is not a mail message \xff\xfe", "--queue", "support")
     env.ok("run", "--once")

@@ -170,19 +170,23 @@ def _known(session: Session, queue_id: int, source: str,
 
 def claim(
     factory: sessionmaker[Session], *, now: datetime, lease: timedelta, max_attempts: int, limit: int = 10,
-    worker: str | None = None,
+    worker: str | None = None, sweep: bool = True,
 ) -> list[Claimed]:
-    """Take up to ``limit`` received rows nobody holds, oldest first.
+    """Take up to ``limit`` received rows nobody holds and that have attempts left, oldest first.
 
+    ``sweep``: first quarantine the rows whose attempts ran out, so an admin sees them. A
+    sweep reads every received row (the backlog), so a runner claiming batch after batch
+    sweeps now and then, not before every claim; the rows wait unclaimed meanwhile.
     On PostgreSQL, SKIP LOCKED lets several workers claim side by side without waiting on
     each other; on SQLite the write lock taken by BEGIN IMMEDIATE serialises them.
     """
     with transaction(factory) as session:
-        _give_up_on_poison(session, now, max_attempts)
+        if sweep:
+            _give_up_on_poison(session, now, max_attempts)
         # Columns and a single UPDATE on the connection, not ORM objects: a batch's raw bytes
         # are most of what is read, and the ORM would track and flush each row separately.
         conn = session.connection()
-        rows = conn.execute(_CLAIMABLE, {"now": now, "limit": limit}).all()
+        rows = conn.execute(_CLAIMABLE, {"now": now, "limit": limit, "max_attempts": max_attempts}).all()
         if rows:
             conn.execute(update(InboundMessage).where(InboundMessage.id.in_([r.id for r in rows])).values(
                 attempts=InboundMessage.attempts + 1, claimed_until=now + lease, claimed_by=worker))
@@ -195,6 +199,7 @@ _CLAIMABLE = (
     .where(
         InboundMessage.state == RECEIVED,
         or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < bindparam("now")),
+        InboundMessage.attempts < bindparam("max_attempts"),  # the rest wait for a sweep to quarantine them
     )
     .order_by(InboundMessage.id)
     .limit(bindparam("limit"))

@@ -18,7 +18,7 @@ the whole batch.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import select
@@ -47,6 +47,10 @@ CONFLICT_DELAY = timedelta(seconds=0.2)
 # second, and a look costs a claim and two indexed lookups. (At 2 s, two PostgreSQL workers
 # draining a mailbox spent their last 2 s on one reply.)
 PARENT_DELAY = timedelta(seconds=0.5)
+# How often a runner looks for messages whose attempts ran out (inbound.claim's sweep): a
+# look reads the whole backlog, and before every claim that made draining n messages cost
+# n²/batch row reads. The rows are not claimed meanwhile; the sweep only quarantines them.
+SWEEP_INTERVAL = timedelta(seconds=10)
 
 
 class _WriteAgain(Exception):
@@ -75,6 +79,7 @@ class IntakeRunner(Runner):
         self.parser = parser or Parser()
         # With a backlog, the next batch: claimed, and parsing in a worker while this one is written.
         self._ahead: tuple[list[inbound.Claimed], Pending] | None = None
+        self._swept_at: datetime | None = None
         super().__init__(idle_seconds=context().config.intake.poll_interval)
 
     def run_once(self) -> int:
@@ -100,14 +105,19 @@ class IntakeRunner(Runner):
         self.parser.close()
 
     def _claim(self, ctx: IntakeContext) -> tuple[list[inbound.Claimed], Pending]:
+        now = self.clock()
+        sweep = self._swept_at is None or not self._swept_at <= now < self._swept_at + SWEEP_INTERVAL
         claimed = inbound.claim(
             self.factory,
-            now=self.clock(),
+            now=now,
             lease=timedelta(seconds=ctx.config.intake.lease_seconds),
             max_attempts=ctx.config.intake.max_attempts,
             limit=self.batch,
             worker=self.worker,
+            sweep=sweep,
         )
+        if sweep:
+            self._swept_at = now
         return claimed, self.parser.submit([item.raw for item in claimed])
 
     def _release(self, items: list[inbound.Claimed]) -> None:

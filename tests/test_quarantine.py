@@ -14,7 +14,7 @@ from maild import config as config_mod
 from maild import inbound
 from maild.app import App
 from maild.cases import Outcome
-from maild.processing import IntakeRunner
+from maild.processing import SWEEP_INTERVAL, IntakeRunner
 
 
 def test_broken_template_quarantines_then_retry_after_fix_creates_the_case(make_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -129,6 +129,54 @@ def test_a_message_that_keeps_killing_workers_is_quarantined_after_max_attempts(
         app.engine.dispose()
     [row] = env.json("inbound", "list")
     assert row["state"] == "quarantined" and "gave up after 5 attempts" in row["error"]
+
+
+def kill_workers_over(app: App, start: datetime, attempts: int = 5, step: timedelta = timedelta(minutes=10)
+                      ) -> datetime:
+    """Workers claim the pending message ``attempts`` times, ``step`` apart, and "die" each
+    time (never finish); returns the moment the last one's lease (half a step) ran out."""
+    for attempt in range(attempts):
+        now = start + step * attempt
+        assert len(inbound.claim(app.factory, now=now, lease=step / 2, max_attempts=99)) == 1
+    return now + step / 2
+
+
+def test_a_message_whose_attempts_ran_out_is_never_claimed_again_even_before_a_sweep(env: Env) -> None:
+    env.inject(mail())
+    app = App(config_mod.load(env.config))
+    try:
+        later = kill_workers_over(app, datetime.now(timezone.utc)) + timedelta(seconds=1)
+        lease = timedelta(minutes=5)
+        assert inbound.claim(app.factory, now=later, lease=lease, max_attempts=5, sweep=False) == []
+        assert env.json("inbound", "list")[0]["state"] == "received", "not swept yet"
+        assert inbound.claim(app.factory, now=later, lease=lease, max_attempts=5) == []  # sweeps
+    finally:
+        app.engine.dispose()
+    assert env.json("inbound", "list")[0]["state"] == "quarantined"
+
+
+def test_the_intake_runner_sweeps_for_spent_messages_once_an_interval(env: Env) -> None:
+    """A sweep reads the whole backlog, so a runner draining one sweeps at its first claim
+    and then once per SWEEP_INTERVAL, not before every batch."""
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    swept = datetime.now(timezone.utc)
+    clock = [swept]
+    runner = IntakeRunner(app.factory, app.intake_context, clock=lambda: clock[0])
+    try:
+        runner.run_once()  # the first claim sweeps (nothing to find yet)
+        env.inject(mail(subject="spent"))
+        # Spent within the interval: five workers die on it, a second apart.
+        clock[0] = kill_workers_over(app, swept, step=timedelta(seconds=1)) + timedelta(seconds=0.5)
+        assert clock[0] < swept + SWEEP_INTERVAL
+        runner.run_once()
+        assert [r["state"] for r in env.json("inbound", "list")] == ["received"], "neither claimed nor swept yet"
+        clock[0] = swept + SWEEP_INTERVAL
+        runner.run_once()
+        assert [r["state"] for r in env.json("inbound", "list")] == ["quarantined"]
+    finally:
+        runner.close()
+        app.close()
 
 
 def test_claimed_rows_are_not_claimed_twice_while_leased(env: Env) -> None:

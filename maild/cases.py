@@ -392,6 +392,10 @@ def _snapshot(session: Session, case_id: int, lock: bool = True) -> CaseSnapshot
     case = session.get(Case, case_id, with_for_update=lock)
     if case is None:
         raise ProcessingError(f"case {case_id} vanished while threading")
+    # In intake's batch (lock), held for the batch: the session keeps only objects something
+    # refers to, and the participant check and the handler would each load the case again.
+    if lock:
+        session.info.setdefault("maild.threaded_cases", []).append(case)
     return CaseSnapshot(case.id, case.reference, case.status, case.resolved_at, case.queue_id,
                         survey_open=case.csat_requested_at is not None and case.csat_score is None)
 

@@ -183,7 +183,7 @@ class IntakeRunner(Runner):
             # A deadlock or serialization failure between workers (PostgreSQL) clears when
             # the batch is tried again; it says nothing about the message.
             if is_temporary(exc):
-                raise TemporaryFailure(f"database conflict: {str(exc.orig).strip().splitlines()[0]}") from exc
+                raise _conflict_failure(exc) from exc
             return self._failed(session, item, exc, careful)
         except Exception as exc:  # a bug must cost one message a quarantine, not the daemon
             return self._failed(session, item, exc, careful)
@@ -237,14 +237,17 @@ def _flush_batch(session: Session) -> None:
         session.flush()
     except IntegrityError:
         raise  # a concurrent worker wrote the same row first: the batch retries shortly
-    except OperationalError as exc:
-        if is_temporary(exc):
-            raise TemporaryFailure(f"database conflict: {str(exc.orig).strip().splitlines()[0]}") from exc
-        raise _WriteAgain from exc
     except Exception as exc:
+        if isinstance(exc, OperationalError) and is_temporary(exc):
+            raise _conflict_failure(exc) from exc
         log.info("a batch's rows could not be written together; writing it again message by message: %s: %s",
                  type(exc).__name__, exc)
         raise _WriteAgain from exc
+
+
+def _conflict_failure(exc: OperationalError) -> TemporaryFailure:
+    """A deadlock or serialization failure between workers: it says nothing about the messages."""
+    return TemporaryFailure(f"database conflict: {str(exc.orig).strip().splitlines()[0]}")
 
 
 def _conflict(exc: Exception) -> bool:

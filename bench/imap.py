@@ -74,7 +74,15 @@ TARGET_SCALING = 0.90  # per-message rate, N vs --small
 TARGET_RSS_MB = 150.0  # MB = 10**6 bytes, the stricter reading
 TARGET_SPEEDUP = 1.6  # --workers daemons vs one, PostgreSQL
 IMAP_TIMEOUT = 60.0
-POLL_SECONDS = 0.1  # how often the database is polled for the timeline; phase times are this coarse
+# How often the database is polled for the timeline: every 1/200 of the time so far, so a
+# mark is at most 0.5% late, from 0.05 s up to 0.5 s. Each poll counts the tables, which on a
+# PostgreSQL without vacuum (no visibility map) reads every row version; at a fixed 20 polls
+# a second that took CPU from the daemons being measured, more the longer the run.
+POLL_MIN_SECONDS, POLL_MAX_SECONDS = 0.05, 0.5
+
+
+def poll_interval(elapsed: float) -> float:
+    return min(POLL_MAX_SECONDS, max(POLL_MIN_SECONDS, elapsed / 200))
 KIB = 1024.0
 
 
@@ -293,7 +301,7 @@ class Timeline:
     """Seconds from maild's start until the polled counts first showed each stage, and
     maild's peak RSS (VmHWM) by then.
 
-    Polled every POLL_SECONDS, so each mark may be that late; it shows where the time and
+    Polled every poll_interval(), so each mark may be that late; it shows where the time and
     the memory go (``run --once`` fetches and stores everything, then processes, then sends).
     """
 
@@ -335,7 +343,7 @@ class Timeline:
 
     def follow(self, engine: sa.Engine, stop: threading.Event) -> None:
         """Poll until ``stop``: runs in a thread while the main thread waits for the process."""
-        while not stop.wait(POLL_SECONDS):
+        while not stop.wait(poll_interval(time.monotonic() - self.started)):
             try:
                 self.update(engine)
             except sa.exc.OperationalError:
@@ -392,7 +400,7 @@ def run_once(install: Install, engine: sa.Engine, expected: int, stack: ExitStac
         raise BenchError(f"maild run --once exited {code}:\n{bench_intake.tail(install.path / 'run-once.log')}")
     timeline.pids.clear()  # reaped: the pid may belong to someone else now
     timeline.update(engine)  # the stages the last tick missed
-    # Sampled every tick until exit, so only growth in the last POLL_SECONDS could be missed.
+    # Sampled every tick until exit, so only growth in the last poll_interval() could be missed.
     peak = timeline.max_rss_mib
     if peak is None:
         raise BenchError("maild run --once exited before its memory could be read once")
@@ -417,7 +425,7 @@ def run_daemons(install: Install, engine: sa.Engine, expected: int, workers: int
                 raise BenchError(f"maild run (worker {k}) exited {proc.returncode}:\n"
                                  f"{bench_intake.tail(install.path / f'maild-{k}.log')}")
         deadline.check(f"waiting for {workers} daemon(s) to drain the mailbox")
-        time.sleep(POLL_SECONDS / 2)
+        time.sleep(poll_interval(time.monotonic() - timeline.started))
     assert timeline.done is not None
     timeline.sample_rss()  # exact: VmHWM of the daemons still running, their work done
     assert timeline.max_rss_mib is not None
@@ -505,7 +513,7 @@ class SizeResult:
     peak_rss_by_stage_mib: dict[str, float | None]  # maild's VmHWM when each stage was reached
     ratio: float  # maild / fetch+parse, maild timed to its exit (every acknowledgement sent too)
     # The same, maild timed until every message was a case or activity with its acknowledgement
-    # queued: the issue's own end point. Polled, so up to POLL_SECONDS late (a lower bound).
+    # queued: the issue's own end point. Polled, so up to poll_interval() late (a lower bound).
     ratio_queued: float | None
     problems: list[str]  # failed checks; empty when the run is trustworthy
 

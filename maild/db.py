@@ -46,9 +46,21 @@ def make_engine(url: str, echo: bool = False, busy_timeout: float = 30.0) -> Eng
     """
     if url.startswith("sqlite"):
         return _sqlite_engine(url, echo, busy_timeout)
-    return create_engine(
+    engine = create_engine(
         url, echo=echo, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(busy_timeout))}
     )
+
+    @event.listens_for(engine, "connect")
+    def _custom_plans(dbapi_conn: Any, _record: Any) -> None:
+        # psycopg prepares a statement on the server after five runs, and PostgreSQL then
+        # keeps one generic plan for it, made from the table's size at that moment. On a new
+        # installation that is a handful of rows, and until ANALYZE runs (autovacuum) the
+        # plan stays: an index chosen for the queue alone read every stored message of it,
+        # 8.5 ms a lookup at 20,000 messages against 0.05 ms with a plan for the values given.
+        dbapi_conn.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_conn.commit()
+
+    return engine
 
 
 def _sqlite_engine(url: str, echo: bool, busy_timeout: float) -> Engine:

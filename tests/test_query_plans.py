@@ -64,3 +64,16 @@ def test_no_per_message_query_scans_a_growing_table(make_env) -> None:  # type: 
     app.close()
     assert len(statements) > 20, "the capture saw intake's queries"
     assert not scans, "queries that scan a growing table:\n" + "\n".join(sorted(scans))
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_plans_each_statement_for_the_values_given(env: Env) -> None:
+    """psycopg prepares a statement that runs often, and PostgreSQL would keep one generic plan
+    for it, costed while a new installation's tables were nearly empty: the store's duplicate
+    lookup then read every stored message of the queue until ANALYZE ran."""
+    engine = env.engine()
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+    finally:
+        engine.dispose()

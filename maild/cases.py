@@ -23,6 +23,7 @@ from maild import (agentcommands, agentnotices, articleratings, assignment, atta
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
+from maild.db import hold
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
@@ -392,10 +393,8 @@ def _snapshot(session: Session, case_id: int, lock: bool = True) -> CaseSnapshot
     case = session.get(Case, case_id, with_for_update=lock)
     if case is None:
         raise ProcessingError(f"case {case_id} vanished while threading")
-    # In intake's batch (lock), held for the batch: the session keeps only objects something
-    # refers to, and the participant check and the handler would each load the case again.
-    if lock:
-        session.info.setdefault("maild.threaded_cases", []).append(case)
+    if lock:  # intake's batch, where the participant check and the handler get the case again
+        hold(session, [case])  # not rules replay: its one session would keep every case it reads
     return CaseSnapshot(case.id, case.reference, case.status, case.resolved_at, case.queue_id,
                         survey_open=case.csat_requested_at is not None and case.csat_score is None)
 

@@ -7,7 +7,7 @@ process (``maild inject`` beside ``maild run``) wait for the writer instead of f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -89,6 +89,12 @@ def _sqlite_engine(url: str, echo: bool, busy_timeout: float) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def hold(session: Session, objects: Iterable[object]) -> None:
+    """Keep ``objects`` in the session's identity map for its life: it holds only objects
+    something refers to, and a later ``session.get`` would otherwise load them again."""
+    session.info.setdefault("maild.held", []).extend(objects)
 
 
 @contextmanager

@@ -123,7 +123,10 @@ class Pending:
     def __init__(self, raws: list[bytes], in_workers: tuple[Parser, list[Future[list[Parsed]]]] | None = None
                  ) -> None:
         self.raws, self._in_workers = raws, in_workers
-        self.in_worker = in_workers is not None
+
+    @property
+    def in_worker(self) -> bool:
+        return self._in_workers is not None
 
     def result(self) -> list[Parsed]:
         if self._in_workers is not None:

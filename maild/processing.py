@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild import inbound, logs, metrics
 from maild.cases import IntakeContext, Outcome, apply, lock_inbound
 from maild.clock import Clock, utcnow
-from maild.db import is_temporary, transaction
+from maild.db import hold, is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
 from maild.liveness import worker_id
 from maild.models import QUARANTINED, InboundMessage, Queue
@@ -153,9 +153,7 @@ class IntakeRunner(Runner):
                careful: bool) -> list[Outcome]:
         """The batch in one transaction; ``careful``: each message in a savepoint of its own."""
         with transaction(self.factory) as session:
-            # Held for the batch: the session only keeps objects something refers to, and
-            # every new case would otherwise load its queue again.
-            session.info["maild.queues"] = session.scalars(select(Queue)).all()
+            hold(session, session.scalars(select(Queue)))  # every new case would load its queue again
             locked = lock_inbound(session, [item.id for item, _ in parsed])
             outcomes = [self._apply_one(session, ctx, item, mail, locked.get(item.id), careful) for item, mail in parsed]
             if not careful:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import bindparam, func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, defer
 
 from maild import (agentcommands, agentnotices, articleratings, assignment, attachments, csat, entitlements, historical,
@@ -23,7 +24,7 @@ from maild import (agentcommands, agentnotices, articleratings, assignment, atta
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
-from maild.db import hold
+from maild.db import get_unflushed, hold, pending
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
@@ -120,33 +121,54 @@ class Outcome:
 
 
 class StoreLookup:
-    """threader.CaseLookup over the database; merged cases forward to their survivor."""
+    """threader.CaseLookup over the database and the session's pending rows; merged cases
+    forward to their survivor.
+
+    Nothing here flushes: intake writes a batch once, at its end, and a flush per reply
+    (the batch so far, for one lookup) was the largest single cost of threading. What the
+    batch's earlier messages made is read from the session instead.
+    """
 
     def __init__(self, session: Session) -> None:
         self.session = session
 
     def case_by_reference(self, reference: str) -> int | None:
-        row = self.session.execute(
-            select(Case.id, Case.merged_into_id).where(Case.reference == reference)
-        ).first()
+        # Only stored cases: a case's reference reaches anyone in mail sent after its batch commits.
+        with self.session.no_autoflush:
+            row = self.session.execute(
+                select(Case.id, Case.merged_into_id).where(Case.reference == reference)
+            ).first()
         return None if row is None else self._follow(row[0], row[1])
 
     def case_by_message_ids(self, message_ids: list[str]) -> dict[str, int]:
-        rows = self.session.execute(  # with each case's merged_into_id: a query less per reply
-            select(Activity.message_id, Activity.case_id, Case.merged_into_id)
-            .join(Case, Case.id == Activity.case_id).where(Activity.message_id.in_(message_ids))
-        ).all()
-        return {mid: self._follow(cid, into) for mid, cid, into in rows if mid is not None}
+        with self.session.no_autoflush:
+            rows = self.session.execute(  # with each case's merged_into_id: a query less per reply
+                select(Activity.message_id, Activity.case_id, Case.merged_into_id)
+                .join(Case, Case.id == Activity.case_id).where(Activity.message_id.in_(message_ids))
+            ).all()
+        found = {mid: self._follow(cid, into) for mid, cid, into in rows if mid is not None}
+        wanted = set(message_ids) - found.keys()
+        for row in pending(self.session, Activity):  # an earlier message of this batch
+            if row.message_id in wanted:
+                found[row.message_id] = self._follow(case_id_of(row), None)
+        return found
 
     def _follow(self, case_id: int, merged_into: int | None) -> int:
+        # Merges are written by `maild cases merge` in transactions of their own, never by
+        # intake, so what is stored is all there is to follow.
         seen = {case_id}
-        if merged_into is None:
-            merged_into = self.session.scalar(select(Case.merged_into_id).where(Case.id == case_id))
         while merged_into is not None and merged_into not in seen:
             seen.add(merged_into)
             case_id = merged_into
-            merged_into = self.session.scalar(select(Case.merged_into_id).where(Case.id == case_id))
+            with self.session.no_autoflush:
+                merged_into = self.session.scalar(select(Case.merged_into_id).where(Case.id == case_id))
         return case_id
+
+
+def case_id_of(activity: Activity) -> int:
+    """The case of an activity, also while both are pending (the case's id is given when it
+    is made, its foreign key only at the flush)."""
+    return activity.case_id if activity.case_id is not None else activity.case.id
 
 
 def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMail, now: datetime, *,
@@ -349,7 +371,7 @@ def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
 # building and routing each statement cost more than running it. Being on the connection,
 # they do not flush the session, so they do not see the rows of the batch's earlier
 # messages that are still pending there (a batch is flushed once, at its end, see
-# maild.processing): their callers add those from ``session.new``.
+# maild.processing): their callers add those (``db.pending``).
 _DUPLICATE = (select(Activity.case_id)
               .where(Activity.message_id == bindparam("message_id"), Activity.kind == INCOMING_EMAIL).limit(1))
 _RECENT_ACKS = select(func.count()).where(
@@ -364,9 +386,9 @@ _NEXT = update(Counter).where(Counter.name == bindparam("counter")).values(value
 def _duplicate_case(session: Session, message_id: str | None) -> int | None:
     if not message_id:
         return None
-    for row in session.new:  # an earlier message of this batch
-        if isinstance(row, Activity) and row.message_id == message_id and row.kind == INCOMING_EMAIL:
-            return row.case_id if row.case_id is not None else row.case.id
+    for row in pending(session, Activity):  # an earlier message of this batch
+        if row.message_id == message_id and row.kind == INCOMING_EMAIL:
+            return case_id_of(row)
     return session.connection().execute(_DUPLICATE, {"message_id": message_id}).scalar()
 
 
@@ -380,17 +402,23 @@ def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage,
     candidates = list(mail.in_reply_to) + list(mail.references)
     if not candidates or inbound.received_at < now - PARENT_WAIT_LIMIT:
         return None
-    return session.scalar(
-        select(InboundMessage.message_id)
-        .where(InboundMessage.queue_id == inbound.queue_id,  # uses the (queue, Message-ID) index
-               InboundMessage.message_id.in_(candidates), InboundMessage.state == RECEIVED,
-               InboundMessage.id < inbound.id)
-        .limit(1)
-    )
+    with session.no_autoflush:  # see StoreLookup: the batch is written at its end
+        rows = session.execute(
+            select(InboundMessage.id, InboundMessage.message_id)
+            .where(InboundMessage.queue_id == inbound.queue_id,  # uses the (queue, Message-ID) index
+                   InboundMessage.message_id.in_(candidates), InboundMessage.state == RECEIVED,
+                   InboundMessage.id < inbound.id)
+        ).all()
+    for row_id, message_id in rows:
+        # An earlier message of this batch is still RECEIVED in the table, not in the session.
+        held = session.identity_map.get(Session.identity_key(InboundMessage, row_id))
+        if not isinstance(held, InboundMessage) or held.state == RECEIVED:
+            return message_id
+    return None
 
 
 def _snapshot(session: Session, case_id: int, lock: bool = True) -> CaseSnapshot:
-    case = session.get(Case, case_id, with_for_update=lock)
+    case = get_unflushed(session, Case, case_id, with_for_update=lock)
     if case is None:
         raise ProcessingError(f"case {case_id} vanished while threading")
     if lock:  # intake's batch, where the participant check and the handler get the case again
@@ -406,9 +434,9 @@ def _reference(session: Session, case_id: int) -> str | None:
 def _recent_acks(session: Session, recipient: str, now: datetime) -> int:
     since = now - timedelta(hours=1)
     found = session.connection().execute(_RECENT_ACKS, {"recipient": recipient, "since": since})
-    pending = sum(1 for row in session.new if isinstance(row, OutboundMessage) and row.recipient == recipient
-                  and row.kind in (ACKNOWLEDGEMENT, REFUSAL) and row.created_at > since)  # earlier in this batch
-    return int(found.scalar() or 0) + pending
+    unwritten = sum(1 for row in pending(session, OutboundMessage) if row.recipient == recipient
+                    and row.kind in (ACKNOWLEDGEMENT, REFUSAL) and row.created_at > since)  # earlier in this batch
+    return int(found.scalar() or 0) + unwritten
 
 
 def _finish(inbound: InboundMessage, outcome: str, case_id: int | None, now: datetime) -> None:
@@ -678,7 +706,7 @@ _HANDLERS: dict[str, _Handler] = {
 
 def _case(session: Session, d: Disposition) -> Case:
     assert d.case is not None
-    case = session.get(Case, d.case.id)
+    case = get_unflushed(session, Case, d.case.id)  # it may be one this batch made
     assert case is not None
     return case
 
@@ -687,25 +715,31 @@ def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str 
     if mail.sender is None:
         raise ProcessingError("the message has no usable From address")
     email = mail.sender.email
-    # Without flushing the batch's pending rows: a contact is flushed when it is made (its
-    # savepoint below), so the lookup finds those of the batch's earlier messages too.
+    # Without flushing the batch's pending rows: a new contact is written at once (below),
+    # so the lookup finds those of the batch's earlier messages too.
     with session.no_autoflush:
         contact = session.scalar(select(Contact).where(Contact.email == email))
-    if contact is None:
-        try:
-            with session.begin_nested():  # another worker may be creating the same contact
-                account = senders.account_for_domain(session, mail.sender_domain, now) \
-                    if policy == "create_with_account" else None
-                contact = Contact(email=email, name=mail.sender.name, created_at=now,
-                                  account_id=account.id if account else None)
-                session.add(contact)
-        except IntegrityError:
-            contact = session.scalar(select(Contact).where(Contact.email == email))
-            if contact is None:
-                raise
-    elif not contact.name and mail.sender.name:
+        if contact is None:
+            account = senders.account_for_domain(session, mail.sender_domain, now) \
+                if policy == "create_with_account" else None
+            contact_id = _insert_contact(session, email, mail.sender.name, now, account.id if account else None)
+            contact = session.get_one(Contact, contact_id)
+    if not contact.name and mail.sender.name:
         contact.name = mail.sender.name
     return contact
+
+
+def _insert_contact(session: Session, email: str, name: str, now: datetime, account_id: int | None) -> int:
+    """The new contact's id, or the id of the one another worker has just written.
+
+    A plain INSERT on the connection: a savepoint, as the ORM would take for a possible
+    conflict, would flush the whole batch so far."""
+    dialect = session.get_bind().dialect.name
+    make = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    conn = session.connection()
+    made = conn.execute(make(Contact).values(email=email, name=name, created_at=now, account_id=account_id)
+                        .on_conflict_do_nothing(index_elements=[Contact.email]).returning(Contact.id)).scalar()
+    return made if made is not None else conn.execute(select(Contact.id).where(Contact.email == email)).scalar_one()
 
 
 def next_number(session: Session, name: str) -> int:
@@ -765,7 +799,7 @@ def _case_keys(session: Session) -> tuple[int, int]:
     would choose; it is read once per transaction and counted on from there.
     """
     if session.get_bind().dialect.name == "postgresql":
-        number, case_id = session.execute(_PG_CASE_KEYS).one()
+        number, case_id = session.connection().execute(_PG_CASE_KEYS).one()  # no flush: see above
         return int(number), int(case_id)
     transaction = session.get_transaction()
     last = session.info.get(_LAST_CASE_ID)

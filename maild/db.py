@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,6 +95,50 @@ def hold(session: Session, objects: Iterable[object]) -> None:
     """Keep ``objects`` in the session's identity map for its life: it holds only objects
     something refers to, and a later ``session.get`` would otherwise load them again."""
     session.info.setdefault("maild.held", []).extend(objects)
+
+
+def pending(session: Session, kind: type[T]) -> Iterator[T]:
+    """The ``kind`` rows added to ``session`` and not yet written.
+
+    Intake writes a batch's rows once, at its end; lookups that must see what the batch's
+    earlier messages made read these instead of flushing (a flush per lookup, of the batch
+    so far, cost more than all the rest of threading a reply)."""
+    return (row for row in session.new if isinstance(row, kind))
+
+
+def get_unflushed(session: Session, kind: type[T], ident: int, **options: Any) -> T | None:
+    """``session.get`` that finds a pending row and does not flush the batch to find one."""
+    found = next((row for row in pending(session, kind) if getattr(row, "id", None) == ident), None)
+    if found is not None:
+        return found
+    with session.no_autoflush:
+        return session.get(kind, ident, **options)
+
+
+def insert_after_flush(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert plain ``rows`` into ``table`` on the session's connection, after the rows the
+    session holds pending (which they may point at) are written: at once if there are
+    none, else right after the next flush. Intake writes a batch at its end; flushing it
+    early for such rows cost a flush per message."""
+    if not session.new:
+        session.connection().execute(insert(table), rows)
+        return
+    session.info.setdefault(_AFTER_FLUSH, []).append((table, rows))
+
+
+_AFTER_FLUSH = "maild.insert_after_flush"
+
+
+@event.listens_for(Session, "after_flush")
+def _insert_after_flush(session: Session, _context: Any) -> None:
+    for table, rows in session.info.pop(_AFTER_FLUSH, []):
+        session.connection().execute(insert(table), rows)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_after_rollback(session: Session, _previous: Any) -> None:
+    # The rows they would point at were rolled back (a message's savepoint, or the batch).
+    session.info.pop(_AFTER_FLUSH, None)
 
 
 @contextmanager

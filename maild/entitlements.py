@@ -52,7 +52,8 @@ def any_exist(session: Session) -> bool:
     none, and then a new case need not look (an intake batch is one transaction)."""
     known = session.info.get(_ANY)
     if known is None:
-        known = session.info[_ANY] = session.scalar(select(Entitlement.id).limit(1)) is not None
+        with session.no_autoflush:  # intake never writes entitlements: no need to flush its batch
+            known = session.info[_ANY] = session.scalar(select(Entitlement.id).limit(1)) is not None
     return bool(known)
 
 

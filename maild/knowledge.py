@@ -22,11 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import kbindex, sla, subjects
-from maild.db import transaction
+from maild.db import insert_after_flush, transaction
 from maild.errors import MaildError, NotFound
 from maild.kbtext import HEAD, excerpt, terms
 from maild.models import (
@@ -376,13 +376,10 @@ def suggested(session: Session, case: Case, article_ids: list[int], message_id: 
     by mail ("article 42 helped"); they count as linked only once rated helpful."""
     if not article_ids:
         return
-    # On the session's connection, not through the ORM: as objects, these rows made every
-    # acknowledged case's flush cost more than the suggestion itself. The case's row may
-    # still be pending (see maild.cases._case_keys), so the session is flushed first.
-    # An executemany of one cached statement: a multi-row VALUES is compiled anew for every
-    # call (0.6 ms), and psycopg pipelines the rows into one round trip anyway.
-    session.flush()
-    session.connection().execute(insert(KbCaseLink), [
+    # Plain rows, not ORM objects: as objects, these rows made every acknowledged case's
+    # flush cost more than the suggestion itself. They are written after the batch's
+    # flush, which writes the case they point at (see maild.cases._case_keys).
+    insert_after_flush(session, KbCaseLink, [
         {"article_id": i, "case_id": case.id, "linked_at": now, "suggested": True, "sent": False,
          "message_id": message_id} for i in article_ids])
 

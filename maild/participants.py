@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from maild.db import get_unflushed, pending
 from maild.models import Activity, Case, Contact
 
 
@@ -19,18 +20,28 @@ def is_participant(session: Session, case_id: int, email: str | None) -> bool:
     if not email:
         return False
     email = email.strip().lower()
-    case = session.get(Case, case_id)
+    # Nothing here flushes intake's batch: the case, and the mail on it, may be pending (db.pending).
+    case = get_unflushed(session, Case, case_id)
     if case is None:
         return False
-    contact = session.get(Contact, case.contact_id) if case.contact_id else None
-    if contact is not None and contact.email == email:
-        return True
-    if case.account_id is not None and session.scalar(
-            select(Contact.id).where(Contact.email == email, Contact.account_id == case.account_id)) is not None:
-        return True
-    pattern = f"%{email}%"  # the address lists are stored as text, "a@x, b@y"
-    return session.scalar(
-        select(Activity.id).where(Activity.case_id == case_id,
-                                  or_(Activity.from_addr == email, Activity.to_addrs.ilike(pattern),
-                                      Activity.cc_addrs.ilike(pattern))).limit(1)
-    ) is not None
+    with session.no_autoflush:
+        contact = case.contact
+        if contact is not None and contact.email == email:
+            return True
+        if case.account_id is not None and session.scalar(
+                select(Contact.id).where(Contact.email == email, Contact.account_id == case.account_id)) is not None:
+            return True  # contacts are written when they are made, never left pending (cases._contact_for)
+        pattern = f"%{email}%"  # the address lists are stored as text, "a@x, b@y"
+        if session.scalar(
+            select(Activity.id).where(Activity.case_id == case_id,
+                                      or_(Activity.from_addr == email, Activity.to_addrs.ilike(pattern),
+                                          Activity.cc_addrs.ilike(pattern))).limit(1)
+        ) is not None:
+            return True
+    return any(_on(row, email) for row in pending(session, Activity) if row.case is case or row.case_id == case_id)
+
+
+def _on(activity: Activity, email: str) -> bool:
+    """Is ``email`` on this mail (From, To or Cc)? As the query above, which ignores case in the lists."""
+    return activity.from_addr == email or any(email in (addrs or "").lower()
+                                              for addrs in (activity.to_addrs, activity.cc_addrs))

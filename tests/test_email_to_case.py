@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from email.utils import getaddresses
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
 from conftest import Env, mail
+from maild import config as config_mod
+from maild.app import App
+from maild.processing import IntakeRunner
 
 
 def _only_case(env: Env) -> dict:  # type: ignore[type-arg]
@@ -164,6 +170,47 @@ def test_one_batch_sees_what_its_earlier_messages_made(env: Env) -> None:
     assert sorted(r["outcome"] for r in env.json("inbound", "list")) == ["created", "created", "duplicate", "threaded"]
     assert env.count("SELECT count(*) FROM contact") == 1
     assert len(env.peer.wait_for(2)) == 2
+
+
+def test_one_batch_knows_who_is_on_a_case_its_earlier_messages_made(env: Env) -> None:
+    """Bob was copied on the message that opened the case, in the same batch: his answer
+    threads onto it, as it would a batch later; Eve, on no mail of the case, does not."""
+    env.inject(mail(message_id="<opened@customer.test>", headers={"Cc": "Bob <Bob@Customer.test>"}))
+    for who in ("Bob <bob@customer.test>", "Eve <eve@elsewhere.test>"):
+        env.inject(mail(subject="Re: Printer on fire", sender=who, body="Me too.\n",
+                        headers={"In-Reply-To": "<opened@customer.test>"}))
+    env.ok("run", "--once")  # the three in one batch
+    outcomes = [r["outcome"] for r in sorted(env.json("inbound", "list"), key=lambda r: r["id"])]
+    assert outcomes[:2] == ["created", "threaded"]
+    assert outcomes[2] != "threaded"
+
+
+def test_a_batch_is_written_in_one_flush(env: Env) -> None:
+    """Nothing on the way flushes a batch early (a reply's thread and case, who is on that
+    case, a new customer, a new case's keys): a flush per message cost more than the rest of
+    its writing, and on PostgreSQL a round trip per row."""
+    env.inject(mail(message_id="<earlier@customer.test>"))
+    env.ok("run", "--once")
+    env.inject(mail(subject="Re: Printer on fire", headers={"In-Reply-To": "<earlier@customer.test>"}))
+    env.inject(mail(subject="Scanner jammed", sender="Bob <bob@other.test>", message_id="<new@other.test>",
+                    headers={"Cc": "carol@other.test"}))
+    env.inject(mail(subject="Re: Scanner jammed", sender="carol@other.test", headers={"In-Reply-To": "<new@other.test>"}))
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    flushes: list[int] = []
+
+    def count(session: Session, _context: object, _objects: object) -> None:
+        flushes.append(len(session.new))
+
+    event.listen(Session, "before_flush", count)
+    try:
+        assert IntakeRunner(app.factory, app.intake_context).run_once() == 3
+    finally:
+        event.remove(Session, "before_flush", count)
+        app.close()
+    assert len(flushes) == 1, f"rows pending at each flush: {flushes}"
+    assert [r["outcome"] for r in sorted(env.json("inbound", "list"), key=lambda r: r["id"])] == \
+        ["created", "threaded", "created", "threaded"]
 
 
 def test_header_injection_is_impossible(env: Env) -> None:

@@ -112,3 +112,22 @@ def test_a_reply_waits_for_the_message_it_answers(make_env) -> None:  # type: ig
         assert len(env.json("cases", "show", cases[0]["reference"])["activities"]) >= 2
     finally:
         app.close()
+
+
+def test_a_reply_to_a_message_handled_earlier_in_its_batch_does_not_wait(make_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The batch is written at its end: the message answered is still 'received' in the
+    table while its batch runs, but it is handled, so the reply goes on at once."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10-creation.toml").write_text(
+        '[[creation]]\nname = "newsletters"\nwhen = { field = "from_domain", in = ["news.example"] }\n'
+        'action = "ignore"\nreason = "newsletters are not cases"\n')
+    env: Env = make_env(rules=rules.as_posix())
+    env.inject(mail(subject="Our newsletter", sender="news@news.example", message_id="<letter@news.example>"))
+    env.inject(mail(subject="Re: Our newsletter", headers={"In-Reply-To": "<letter@news.example>"}))
+    app = _app(env)
+    try:
+        assert IntakeRunner(app.factory, app.intake_context).run_once() == 2
+        assert sorted(r["outcome"] for r in env.json("inbound", "list")) == ["created", "ignored"]
+    finally:
+        app.close()

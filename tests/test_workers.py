@@ -208,3 +208,32 @@ def test_a_listener_that_loses_its_connection_listens_again(env: Env, caplog) ->
     finally:
         listener.close()
         app.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_contact_another_worker_is_writing_is_used_not_made_twice(make_env) -> None:  # type: ignore[no-untyped-def]
+    """Both workers looked the sender up and found nobody: the second insert waits for the
+    first worker's commit and then takes its contact."""
+    from maild import cases
+    from maild.clock import utcnow
+
+    env: Env = make_env()
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    found: list[int] = []
+    try:
+        with app.factory() as first, app.factory() as second:
+            made = cases._insert_contact(first, "jane@customer.test", "Jane", utcnow(), None)
+            racer = threading.Thread(target=lambda: found.append(
+                cases._insert_contact(second, "jane@customer.test", "Jane D.", utcnow(), None)))
+            racer.start()
+            racer.join(0.5)
+            assert racer.is_alive(), "waits on the first worker's uncommitted row"
+            first.commit()
+            racer.join(10)
+            second.commit()
+        assert found == [made]
+        with env.engine().connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*), min(name) FROM contact")).one() == (1, "Jane")
+    finally:
+        app.close()

@@ -1,0 +1,70 @@
+"""db.insert_after_flush: plain rows that point at pending ORM rows are written after them,
+without an early flush, and are forgotten with the rows they point at on a rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from maild.db import insert_after_flush, make_engine, make_sessionmaker
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Parent(_Base):
+    __tablename__ = "t_parent"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Child(_Base):
+    __tablename__ = "t_child"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(sa.ForeignKey("t_parent.id"))
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    engine = make_engine(db_url)  # foreign keys enforced on both databases
+    _Base.metadata.create_all(engine)
+    with make_sessionmaker(engine)() as session:
+        yield session
+    engine.dispose()
+
+
+def _children(session: Session) -> list[int]:
+    return list(session.connection().scalars(sa.select(Child.parent_id).order_by(Child.id)))
+
+
+def test_rows_wait_for_the_pending_rows_they_point_at(session: Session) -> None:
+    session.add(Parent(id=1))
+    insert_after_flush(session, Child, [{"parent_id": 1}, {"parent_id": 1}])
+    assert _children(session) == [], "nothing written early, and the parent is not flushed for them"
+    session.flush()
+    assert _children(session) == [1, 1]
+    session.commit()
+
+
+def test_with_nothing_pending_rows_are_written_at_once(session: Session) -> None:
+    session.add(Parent(id=2))
+    session.flush()
+    insert_after_flush(session, Child, [{"parent_id": 2}])
+    assert _children(session) == [2]
+
+
+def test_a_rolled_back_savepoint_takes_its_rows_with_it(session: Session) -> None:
+    session.add(Parent(id=3))
+    session.flush()
+    with pytest.raises(RuntimeError):
+        with session.begin_nested():
+            session.add(Parent(id=4))
+            insert_after_flush(session, Child, [{"parent_id": 4}])
+            raise RuntimeError("this message failed")
+    session.add(Parent(id=5))
+    session.flush()  # would fail on the missing parent 4 if its rows were still waiting
+    assert _children(session) == []
+    session.commit()

@@ -195,22 +195,32 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
     env.inject(mail(subject="Scanner jammed", sender="Bob <bob@other.test>", message_id="<new@other.test>",
                     headers={"Cc": "carol@other.test"}))
     env.inject(mail(subject="Re: Scanner jammed", sender="carol@other.test", headers={"In-Reply-To": "<new@other.test>"}))
+    env.inject(mail(subject="Fax smoking", sender="dan@third.test"))
     app = App(config_mod.load(env.config))
     app.prepare()
     flushes: list[int] = []
+    inserts: list[str] = []
 
     def count(session: Session, _context: object, _objects: object) -> None:
         flushes.append(len(session.new))
 
+    def statement(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
+        if sql.startswith("INSERT INTO"):
+            inserts.append(sql.split()[2])
+
     event.listen(Session, "before_flush", count)
+    event.listen(app.engine, "before_cursor_execute", statement)
     try:
-        assert IntakeRunner(app.factory, app.intake_context).run_once() == 3
+        assert IntakeRunner(app.factory, app.intake_context).run_once() == 4
     finally:
         event.remove(Session, "before_flush", count)
         app.close()
     assert len(flushes) == 1, f"rows pending at each flush: {flushes}"
+    assert inserts.count("cases") == 1, "the two new cases, their ids known, in one INSERT"
+    if app.engine.dialect.name == "postgresql":  # SQLite learns each new id from its own INSERT
+        assert inserts.count("activity") == 1, "the six activities (four in, two acknowledgements) in one INSERT"
     assert [r["outcome"] for r in sorted(env.json("inbound", "list"), key=lambda r: r["id"])] == \
-        ["created", "threaded", "created", "threaded"]
+        ["created", "threaded", "created", "threaded", "created"]
 
 
 def test_header_injection_is_impossible(env: Env) -> None:

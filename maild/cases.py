@@ -24,7 +24,7 @@ from maild import (agentcommands, agentnotices, articleratings, assignment, atta
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
-from maild.db import get_unflushed, hold, pending
+from maild.db import get_unflushed, hold, insert_after_flush, pending
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
@@ -449,7 +449,11 @@ def _finish(inbound: InboundMessage, outcome: str, case_id: int | None, now: dat
 
 
 def audit(session: Session, case_id: int | None, actor: str, action: str, now: datetime, **details: Any) -> None:
-    session.add(AuditEvent(case_id=case_id, at=now, actor=actor, action=action, details=details))
+    # A plain row, written after the batch's rows (db.insert_after_flush): nothing reads an
+    # audit event back in the transaction that writes it, and as ORM objects a batch's
+    # events were a row-by-row INSERT ... RETURNING each on SQLite.
+    insert_after_flush(session, AuditEvent, [
+        {"case_id": case_id, "at": now, "actor": actor, "action": action, "details": details}])
 
 
 # Handlers, one per Disposition.action ---------------------------------------

@@ -131,7 +131,12 @@ _AFTER_FLUSH = "maild.insert_after_flush"
 
 @event.listens_for(Session, "after_flush")
 def _insert_after_flush(session: Session, _context: Any) -> None:
+    # One executemany per table, its rows in the order given: such rows point only at
+    # rows the flush has just written, never at each other.
+    by_table: dict[Any, list[dict[str, Any]]] = {}
     for table, rows in session.info.pop(_AFTER_FLUSH, []):
+        by_table.setdefault(table, []).extend(rows)
+    for table, rows in by_table.items():
         session.connection().execute(insert(table), rows)
 
 

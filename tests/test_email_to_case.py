@@ -217,6 +217,7 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
         app.close()
     assert len(flushes) == 1, f"rows pending at each flush: {flushes}"
     assert inserts.count("cases") == 1, "the two new cases, their ids known, in one INSERT"
+    assert inserts.count("audit_event") == 1, "the batch's audit events in one INSERT, after the flush"
     if app.engine.dialect.name == "postgresql":  # SQLite learns each new id from its own INSERT
         assert inserts.count("activity") == 1, "the six activities (four in, two acknowledgements) in one INSERT"
     assert [r["outcome"] for r in sorted(env.json("inbound", "list"), key=lambda r: r["id"])] == \

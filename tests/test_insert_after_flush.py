@@ -49,6 +49,14 @@ def test_rows_wait_for_the_pending_rows_they_point_at(session: Session) -> None:
     session.commit()
 
 
+def test_rows_given_in_several_calls_keep_their_order(session: Session) -> None:
+    session.add_all([Parent(id=6), Parent(id=7)])
+    insert_after_flush(session, Child, [{"parent_id": 7}])
+    insert_after_flush(session, Child, [{"parent_id": 6}, {"parent_id": 7}])
+    session.flush()
+    assert _children(session) == [7, 6, 7]
+
+
 def test_with_nothing_pending_rows_are_written_at_once(session: Session) -> None:
     session.add(Parent(id=2))
     session.flush()

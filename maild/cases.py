@@ -865,10 +865,10 @@ def _addresses(mail_addrs: tuple[Any, ...]) -> str:
 
 
 def _attachment_rows(ctx: IntakeContext, mail: ParsedMail) -> list[Attachment]:
-    """Store each attachment's bytes by hash and return its metadata rows."""
+    """Store each attachment's bytes by hash (unless a parse worker has) and return its metadata rows."""
     return [
         Attachment(filename=att.filename[:500], content_type=att.content_type[:200], size=len(att.content),
-                   sha256=attachments.store(ctx.data_dir, att.content), content_id=att.content_id,
+                   sha256=att.sha256 or attachments.store(ctx.data_dir, att.content), content_id=att.content_id,
                    inline=att.inline)
         for att in mail.attachments
     ]

@@ -67,6 +67,9 @@ class ParsedAttachment:
     content: bytes
     content_id: str | None
     inline: bool
+    # Its SHA-256 when a parse worker has already written it to the attachment store
+    # (maild.parsepool), so the writer need not.
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,13 @@ import os
 import subprocess
 import sys
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, cast
 
+from maild import attachments
 from maild.errors import ParseError
-from maild.parse import ParsedMail, parse
+from maild.parse import ParsedAttachment, ParsedMail, parse
 from maild.parseworker import read_frame, write_frame
 
 if TYPE_CHECKING:  # not imported at run time: a worker imports this module, and only the parser
@@ -55,9 +58,26 @@ def parse_one(raw: bytes) -> Parsed:
         return exc
 
 
+def parse_and_store(raw: bytes, data_dir: Path) -> Parsed:
+    """``parse_one``, each attachment already written to the attachment store: in a worker,
+    that takes the writing and its fsync off the intake writer's hands. The store is keyed
+    by content, so a batch rolled back later leaves at most files nothing points at yet."""
+    parsed = parse_one(raw)
+    if isinstance(parsed, ParseError) or not parsed.attachments:
+        return parsed
+    return replace(parsed, attachments=tuple(_stored(data_dir, att) for att in parsed.attachments))
+
+
+def _stored(data_dir: Path, att: ParsedAttachment) -> ParsedAttachment:
+    try:
+        return replace(att, sha256=attachments.store(data_dir, att.content))
+    except OSError:  # the writer tries again, and handles the error as its own
+        return att
+
+
 def parser_for(config: Config) -> Parser:
     """The parser ``maild run`` and ``maild import`` use: ``intake.parse_workers`` workers."""
-    return Parser(workers_for(config.intake.parse_workers, config.database.url))
+    return Parser(workers_for(config.intake.parse_workers, config.database.url), store=config.paths.data)
 
 
 def workers_for(setting: int | Literal["auto"], database_url: str, cpus: int | None = None) -> int:
@@ -85,8 +105,10 @@ class Worker:
 
     COMMAND = (sys.executable, "-m", "maild.parseworker")
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(self.COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    def __init__(self, store: Path | None = None) -> None:
+        """``store``: the data directory whose attachment store the worker writes to."""
+        command = [*self.COMMAND, *((str(store),) if store is not None else ())]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="maild-parse")
 
     def submit(self, raws: list[bytes]) -> Future[list[Parsed]]:
@@ -146,8 +168,9 @@ class Pending:
 class Parser:
     """Hands out Pending batches: parsed by worker processes, or in-process."""
 
-    def __init__(self, workers: int = 0) -> None:
+    def __init__(self, workers: int = 0, store: Path | None = None) -> None:
         self.workers = workers
+        self.store = store  # the data directory workers store attachments under; None: they do not
         self.failures = 0  # batches in a row the workers failed
         self._workers: list[Worker] = []
 
@@ -163,7 +186,7 @@ class Parser:
             return True
         try:
             for _ in range(self.workers):
-                self._workers.append(Worker())
+                self._workers.append(Worker(self.store))
         except OSError as exc:  # the interpreter cannot be started: parse here instead
             log.warning("cannot start a parse worker process (%s); parsing in-process", exc)
             self.failed()

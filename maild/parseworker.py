@@ -38,18 +38,24 @@ def read_frame(stream: IO[bytes]) -> Any:
 
 
 def main() -> None:
-    from maild.parsepool import parse_one
+    """``python -m maild.parseworker [DATA_DIR]``: with a data directory, each message's
+    attachments are also written to its attachment store."""
+    from pathlib import Path
+
+    from maild.parsepool import Parsed, parse_and_store, parse_one
 
     # Ctrl-C reaches the whole process group; the daemon decides when to stop, and the
     # worker then sees its stdin close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    store = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
             raws = read_frame(stdin)
         except EOFError:
             return
-        write_frame(stdout, [parse_one(raw) for raw in raws])
+        parsed: list[Parsed] = [parse_and_store(raw, store) if store else parse_one(raw) for raw in raws]
+        write_frame(stdout, parsed)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,31 @@ def test_a_worker_parses_exactly_as_the_writer_would() -> None:
     assert isinstance(got[-1], ParseError) and str(got[-1]) == str(want[-1])
 
 
+def test_a_worker_stores_the_attachments_so_the_writer_need_not(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from email.message import EmailMessage
+
+    from maild.attachments import load
+
+    def with_file(n: int) -> bytes:
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = f"c{n}@customer.test", "support@example.test", f"log {n}"
+        msg.set_content("See the log.\n")
+        msg.add_attachment(f"line {n}\n".encode() * 50, maintype="text", subtype="plain", filename="app.log")
+        return msg.as_bytes()
+
+    parser = Parser(workers=1, store=tmp_path)
+    try:
+        pending = parser.submit([with_file(n) for n in range(POOL_FROM)])
+        assert pending.in_worker
+        got = pending.result()
+    finally:
+        parser.close()
+    for n, parsed in enumerate(got):
+        assert not isinstance(parsed, ParseError)
+        [att] = parsed.attachments
+        assert att.sha256 is not None and load(tmp_path, att.sha256) == att.content == f"line {n}\n".encode() * 50
+
+
 def test_a_small_batch_is_parsed_in_process() -> None:
     parser = Parser(workers=1)
     pending = parser.submit(letters(POOL_FROM - 1))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -24,7 +24,7 @@ from maild import (agentcommands, agentnotices, articleratings, assignment, atta
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
-from maild.db import get_unflushed, hold, insert_after_flush, pending
+from maild.db import forget_on_rollback, get_unflushed, hold, insert_after_flush, pending
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
@@ -715,35 +715,54 @@ def _case(session: Session, d: Disposition) -> Case:
     return case
 
 
+def prefetch_contacts(session: Session, emails: Iterable[str]) -> None:
+    """Look a batch's senders up in one query, for ``_contact_for``: one per message cost
+    about a tenth of the writer's time. Dropped if the batch (or a message's savepoint)
+    rolls back, since a contact it made may be gone."""
+    wanted = set(emails)
+    with session.no_autoflush:
+        found = {c.email: c for c in session.scalars(select(Contact).where(Contact.email.in_(wanted)))} \
+            if wanted else {}
+    session.info[_CONTACTS] = {email: found.get(email) for email in wanted}
+
+
+_CONTACTS = "maild.contacts"
+forget_on_rollback(_CONTACTS)
+
+
 def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str = "create") -> Contact:
     if mail.sender is None:
         raise ProcessingError("the message has no usable From address")
     email = mail.sender.email
+    known: dict[str, Contact | None] | None = session.info.get(_CONTACTS)
     # Without flushing the batch's pending rows: a new contact is written at once (below),
     # so the lookup finds those of the batch's earlier messages too.
     with session.no_autoflush:
-        contact = session.scalar(select(Contact).where(Contact.email == email))
-        if contact is None:
+        contact = known[email] if known is not None and email in known else \
+            session.scalar(select(Contact).where(Contact.email == email))
+        if contact is None:  # if another worker has made it since, the insert finds it
             account = senders.account_for_domain(session, mail.sender_domain, now) \
                 if policy == "create_with_account" else None
-            contact_id = _insert_contact(session, email, mail.sender.name, now, account.id if account else None)
-            contact = session.get_one(Contact, contact_id)
+            contact = _insert_contact(session, email, mail.sender.name, now, account.id if account else None)
+    if known is not None:
+        known[email] = contact
     if not contact.name and mail.sender.name:
         contact.name = mail.sender.name
     return contact
 
 
-def _insert_contact(session: Session, email: str, name: str, now: datetime, account_id: int | None) -> int:
-    """The new contact's id, or the id of the one another worker has just written.
+def _insert_contact(session: Session, email: str, name: str, now: datetime, account_id: int | None) -> Contact:
+    """The new contact, or the one another worker has just written.
 
-    A plain INSERT on the connection: a savepoint, as the ORM would take for a possible
-    conflict, would flush the whole batch so far."""
+    One INSERT, not an ORM add: the savepoint the ORM would need for a possible conflict
+    would flush the whole batch so far. Its RETURNING loads the row into the session."""
     dialect = session.get_bind().dialect.name
     make = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    conn = session.connection()
-    made = conn.execute(make(Contact).values(email=email, name=name, created_at=now, account_id=account_id)
-                        .on_conflict_do_nothing(index_elements=[Contact.email]).returning(Contact.id)).scalar()
-    return made if made is not None else conn.execute(select(Contact.id).where(Contact.email == email)).scalar_one()
+    statement = make(Contact).values(email=email, name=name, created_at=now, account_id=account_id) \
+        .on_conflict_do_nothing(index_elements=[Contact.email]).returning(Contact)
+    with session.no_autoflush:
+        made = session.scalars(statement).one_or_none()
+        return made if made is not None else session.scalars(select(Contact).where(Contact.email == email)).one()
 
 
 def next_number(session: Session, name: str) -> int:

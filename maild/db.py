@@ -127,6 +127,14 @@ def insert_after_flush(session: Session, table: Any, rows: list[dict[str, Any]])
 
 
 _AFTER_FLUSH = "maild.insert_after_flush"
+# session.info keys whose contents a rollback may have made wrong (see forget_on_rollback).
+_ROLLBACK_SCOPED = {_AFTER_FLUSH}
+
+
+def forget_on_rollback(key: str) -> None:
+    """Drop ``session.info[key]`` whenever a session rolls back, a savepoint included: for
+    what a batch remembers about rows that the rollback may have taken away."""
+    _ROLLBACK_SCOPED.add(key)
 
 
 @event.listens_for(Session, "after_flush")
@@ -143,7 +151,8 @@ def _insert_after_flush(session: Session, _context: Any) -> None:
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_after_rollback(session: Session, _previous: Any) -> None:
     # The rows they would point at were rolled back (a message's savepoint, or the batch).
-    session.info.pop(_AFTER_FLUSH, None)
+    for key in _ROLLBACK_SCOPED:
+        session.info.pop(key, None)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import inbound, logs, metrics
-from maild.cases import IntakeContext, Outcome, apply, lock_inbound
+from maild.cases import IntakeContext, Outcome, apply, lock_inbound, prefetch_contacts
 from maild.clock import Clock, utcnow
 from maild.db import hold, is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
@@ -155,6 +155,8 @@ class IntakeRunner(Runner):
         with transaction(self.factory) as session:
             hold(session, session.scalars(select(Queue)))  # every new case would load its queue again
             locked = lock_inbound(session, [item.id for item, _ in parsed])
+            prefetch_contacts(session, [mail.sender.email for _, mail in parsed
+                                        if not isinstance(mail, ParseError) and mail.sender is not None])
             outcomes = [self._apply_one(session, ctx, item, mail, locked.get(item.id), careful) for item, mail in parsed]
             if not careful:
                 _flush_batch(session)

@@ -200,6 +200,7 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
     app.prepare()
     flushes: list[int] = []
     inserts: list[str] = []
+    contact_reads: list[str] = []
 
     def count(session: Session, _context: object, _objects: object) -> None:
         flushes.append(len(session.new))
@@ -207,6 +208,8 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
     def statement(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
         if sql.startswith("INSERT INTO"):
             inserts.append(sql.split()[2])
+        elif sql.startswith("SELECT") and "FROM contact" in sql:
+            contact_reads.append(sql)
 
     event.listen(Session, "before_flush", count)
     event.listen(app.engine, "before_cursor_execute", statement)
@@ -218,6 +221,7 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
     assert len(flushes) == 1, f"rows pending at each flush: {flushes}"
     assert inserts.count("cases") == 1, "the two new cases, their ids known, in one INSERT"
     assert inserts.count("audit_event") == 1, "the batch's audit events in one INSERT, after the flush"
+    assert len(contact_reads) == 1, f"the batch's senders looked up at once: {contact_reads}"
     if app.engine.dialect.name == "postgresql":  # SQLite learns each new id from its own INSERT
         assert inserts.count("activity") == 1, "the six activities (four in, two acknowledgements) in one INSERT"
     assert [r["outcome"] for r in sorted(env.json("inbound", "list"), key=lambda r: r["id"])] == \

@@ -96,6 +96,18 @@ def test_a_row_the_database_refuses_when_the_batch_is_written_costs_only_its_mes
     assert env.count("SELECT count(*) FROM outbound_message") == 3, "one acknowledgement per case"
 
 
+def test_a_customer_made_by_a_message_that_failed_is_made_again_by_the_next(env: Env) -> None:
+    """The batch remembers the customers it looked up or made; the refused message made
+    this one in its savepoint, which took it away again, so the next message makes it anew."""
+    refuse_activities_about(env, "poison")
+    for subject in ("A poison message", "Printer on fire"):
+        env.inject(mail(subject=subject, sender="New Customer <new@customer.test>"))
+    env.ok("run", "--once")
+    assert [c["title"] for c in env.json("cases", "list")] == ["Printer on fire"]
+    assert len(env.json("inbound", "list", "--quarantined")) == 1
+    assert env.count("SELECT count(*) FROM contact WHERE email = 'new@customer.test'") == 1
+
+
 def test_unparseable_bytes_are_quarantined_not_dropped(env: Env) -> None:
     env.inject(b"\x00\x01\x02 this is not a mail message \xff\xfe", "--queue", "support")
     env.ok("run", "--once")

@@ -223,9 +223,9 @@ def test_a_contact_another_worker_is_writing_is_used_not_made_twice(make_env) ->
     found: list[int] = []
     try:
         with app.factory() as first, app.factory() as second:
-            made = cases._insert_contact(first, "jane@customer.test", "Jane", utcnow(), None)
+            made = cases._insert_contact(first, "jane@customer.test", "Jane", utcnow(), None).id
             racer = threading.Thread(target=lambda: found.append(
-                cases._insert_contact(second, "jane@customer.test", "Jane D.", utcnow(), None)))
+                cases._insert_contact(second, "jane@customer.test", "Jane D.", utcnow(), None).id))
             racer.start()
             racer.join(0.5)
             assert racer.is_alive(), "waits on the first worker's uncommitted row"

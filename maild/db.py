@@ -131,14 +131,22 @@ _AFTER_FLUSH = "maild.insert_after_flush"
 _ROLLBACK_SCOPED = {_AFTER_FLUSH}
 
 
-def forget_on_rollback(key: str) -> None:
+_FLUSH_SCOPED: set[str] = set()
+
+
+def forget_on_rollback(key: str, *, on_flush: bool = False) -> None:
     """Drop ``session.info[key]`` whenever a session rolls back, a savepoint included: for
-    what a batch remembers about rows that the rollback may have taken away."""
+    what a batch remembers about rows that the rollback may have taken away. ``on_flush``:
+    also at every flush, for what counts the rows still pending, which a flush writes."""
     _ROLLBACK_SCOPED.add(key)
+    if on_flush:
+        _FLUSH_SCOPED.add(key)
 
 
 @event.listens_for(Session, "after_flush")
 def _insert_after_flush(session: Session, _context: Any) -> None:
+    for key in _FLUSH_SCOPED:
+        session.info.pop(key, None)
     # One executemany per table, its rows in the order given: such rows point only at
     # rows the flush has just written, never at each other.
     by_table: dict[Any, list[dict[str, Any]]] = {}

@@ -26,12 +26,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import inbound, logs, metrics
-from maild.cases import IntakeContext, Outcome, apply, lock_inbound, prefetch_contacts
+from maild.cases import IntakeContext, Outcome, apply, lock_inbound, prefetch
 from maild.clock import Clock, utcnow
 from maild.db import hold, is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
 from maild.liveness import worker_id
 from maild.models import QUARANTINED, InboundMessage, Queue
+from maild.parse import ParsedMail
 from maild.parsepool import Parsed, Parser, Pending, parse_one
 from maild.runner import Runner
 
@@ -155,8 +156,7 @@ class IntakeRunner(Runner):
         with transaction(self.factory) as session:
             hold(session, session.scalars(select(Queue)))  # every new case would load its queue again
             locked = lock_inbound(session, [item.id for item, _ in parsed])
-            prefetch_contacts(session, [mail.sender.email for _, mail in parsed
-                                        if not isinstance(mail, ParseError) and mail.sender is not None])
+            prefetch(session, [mail for _, mail in parsed if isinstance(mail, ParsedMail)], self.clock())
             outcomes = [self._apply_one(session, ctx, item, mail, locked.get(item.id), careful) for item, mail in parsed]
             if not careful:
                 _flush_batch(session)

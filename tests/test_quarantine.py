@@ -108,6 +108,18 @@ def test_a_customer_made_by_a_message_that_failed_is_made_again_by_the_next(env:
     assert env.count("SELECT count(*) FROM contact WHERE email = 'new@customer.test'") == 1
 
 
+def test_a_batch_written_again_message_by_message_still_limits_acknowledgements(make_env) -> None:  # type: ignore[no-untyped-def]
+    """Written again with a savepoint per message, each message's acknowledgement is written
+    before the next is looked at: the sender's count includes it, and the limit holds."""
+    env = make_env(ack_limit=1)
+    refuse_activities_about(env, "poison")
+    for subject in ("Printer on fire", "Scanner jammed", "A poison message"):
+        env.inject(mail(subject=subject))
+    env.ok("run", "--once")
+    assert sorted(c["title"] for c in env.json("cases", "list")) == ["Printer on fire", "Scanner jammed"]
+    assert env.count("SELECT count(*) FROM outbound_message") == 1, "one acknowledgement an hour, as configured"
+
+
 def test_unparseable_bytes_are_quarantined_not_dropped(env: Env) -> None:
     env.inject(b"\x00\x01\x02 this is not a mail message \xff\xfe", "--queue", "support")
     env.ok("run", "--once")

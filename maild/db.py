@@ -127,10 +127,9 @@ def insert_after_flush(session: Session, table: Any, rows: list[dict[str, Any]])
 
 
 _AFTER_FLUSH = "maild.insert_after_flush"
-# session.info keys whose contents a rollback may have made wrong (see forget_on_rollback).
+# session.info keys whose contents a rollback, or a flush, may have made wrong (see
+# forget_on_rollback).
 _ROLLBACK_SCOPED = {_AFTER_FLUSH}
-
-
 _FLUSH_SCOPED: set[str] = set()
 
 
@@ -144,11 +143,11 @@ def forget_on_rollback(key: str, *, on_flush: bool = False) -> None:
 
 
 @event.listens_for(Session, "after_flush")
-def _insert_after_flush(session: Session, _context: Any) -> None:
+def _after_flush(session: Session, _context: Any) -> None:
     for key in _FLUSH_SCOPED:
         session.info.pop(key, None)
-    # One executemany per table, its rows in the order given: such rows point only at
-    # rows the flush has just written, never at each other.
+    # The rows of insert_after_flush: one executemany per table, its rows in the order
+    # given (they point only at rows the flush has just written, never at each other).
     by_table: dict[Any, list[dict[str, Any]]] = {}
     for table, rows in session.info.pop(_AFTER_FLUSH, []):
         by_table.setdefault(table, []).extend(rows)

@@ -71,8 +71,21 @@ def _sqlite_engine(url: str, echo: bool, busy_timeout: float) -> Engine:
     # writer takes the lock up front instead of failing on upgrade from a read lock.
     engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout, "isolation_level": None})
 
+    found = False  # whether this engine has connected to an existing database file yet
+
+    @event.listens_for(engine, "do_connect")
+    def _never_a_new_file(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        # Once the database exists, a new connection must fail rather than make an empty
+        # one in its place (the file deleted or moved away while maild runs): whatever was
+        # written there would be lost, and `/healthz` could not tell that it is gone.
+        if found and path and path != ":memory:":
+            cargs[0] = f"{Path(path).absolute().as_uri()}?mode=rw"
+            cparams["uri"] = True
+
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        nonlocal found
+        found = True
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")

@@ -171,6 +171,26 @@ def test_healthz_fails_when_dovecot_stops_and_recovers(make_env, own_dovecot, da
     assert sample(port, "maild_mailbox_last_success_timestamp_seconds", queue="support") > 0
 
 
+def test_a_deleted_sqlite_database_is_never_made_again_empty(tmp_path: Path) -> None:
+    """Once maild has opened its database, a new connection to a file deleted meanwhile
+    fails instead of making an empty database in its place, where whatever maild wrote
+    would be lost (and which /healthz would take for a broken one, not a missing one)."""
+    import sqlalchemy as sa
+
+    from maild.db import make_engine
+
+    database = tmp_path / "maild.db"
+    engine = make_engine(f"sqlite:///{database}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (a INTEGER)"))
+    engine.dispose()  # no pooled connection left: the next one opens the file anew
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(sa.exc.OperationalError, match="unable to open"):
+        engine.connect()
+    assert not database.exists()
+
+
 def test_healthz_fails_when_the_database_cannot_be_reached(make_env, db_url: str, daemon) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     proxy = None

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, insert, text
+from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -153,6 +154,52 @@ def forget_on_rollback(key: str, *, on_flush: bool = False) -> None:
     _ROLLBACK_SCOPED.add(key)
     if on_flush:
         _FLUSH_SCOPED.add(key)
+
+
+@event.listens_for(Session, "before_flush")
+def _number_new_rows(session: Session, _context: Any, _instances: Any) -> None:
+    """On SQLite, give new rows their ids before they are written, as SQLite would choose
+    them (the largest plus one: no table uses AUTOINCREMENT, and the writer holds the
+    database from BEGIN IMMEDIATE to its commit, so nobody else can take one meanwhile).
+
+    SQLite cannot say which RETURNING row belongs to which row of a many-row INSERT, so the
+    ORM writes every new row whose id the database chooses as an INSERT of its own: an
+    intake batch's activities and outgoing mail were one statement per row. With the ids
+    given, a table's rows are one executemany. PostgreSQL needs none of this: its many-row
+    INSERT ... RETURNING is ordered.
+    """
+    if not session.new or session.get_bind().dialect.name != "sqlite":
+        return
+    unnumbered: dict[Any, list[Any]] = {}
+    given: dict[Any, int] = {}  # the largest id already given to a pending row (a new case's)
+    for obj in session.new:
+        state = inspect(obj)
+        key = _numbered_key(state.mapper)
+        if key is None:
+            continue
+        if (ident := getattr(obj, key)) is None:
+            unnumbered.setdefault(state.mapper, []).append(state)
+        else:
+            given[state.mapper] = max(given.get(state.mapper, 0), ident)
+    connection = session.connection()
+    for mapper, states in unnumbered.items():
+        key = _numbered_key(mapper)
+        assert key is not None
+        stored = connection.execute(select(func.coalesce(func.max(mapper.primary_key[0]), 0))).scalar_one()
+        # In the order they were added, as their INSERTs would have numbered them: a case's
+        # activities are listed by id.
+        start = max(int(stored), given.get(mapper, 0)) + 1
+        for number, state in enumerate(sorted(states, key=lambda s: s.insert_order), start=start):
+            setattr(state.obj(), key, number)
+
+
+@lru_cache(maxsize=None)
+def _numbered_key(mapper: Any) -> str | None:
+    """The attribute of a mapper's id if the database would choose it (one integer column)."""
+    column = mapper.local_table.autoincrement_column
+    if len(mapper.primary_key) != 1 or column is not mapper.primary_key[0]:
+        return None
+    return str(mapper.get_property_by_column(column).key)
 
 
 @event.listens_for(Session, "after_flush")

@@ -211,7 +211,7 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
             inserts.append(sql.split()[2])
         elif sql.startswith("SELECT") and "FROM contact" in sql:
             contact_reads.append(sql)
-        elif sql.startswith("SELECT") and "FROM outbound_message" in sql:
+        elif sql.startswith("SELECT") and "FROM outbound_message" in sql and "count(" in sql:
             ack_counts.append(sql)
 
     event.listen(Session, "before_flush", count)
@@ -226,8 +226,9 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
     assert inserts.count("audit_event") == 1, "the batch's audit events in one INSERT, after the flush"
     assert len(contact_reads) == 1, f"the batch's senders looked up at once: {contact_reads}"
     assert len(ack_counts) == 1, "the senders' acknowledgements of the last hour counted at once"
-    if app.engine.dialect.name == "postgresql":  # SQLite learns each new id from its own INSERT
-        assert inserts.count("activity") == 1, "the six activities (four in, two acknowledgements) in one INSERT"
+    # On SQLite too, where the ORM would learn each new id from an INSERT of its own.
+    assert inserts.count("activity") == 1, "the six activities (four in, two acknowledgements) in one INSERT"
+    assert inserts.count("outbound_message") == 1, "the two acknowledgements in one INSERT"
     assert [r["outcome"] for r in sorted(env.json("inbound", "list"), key=lambda r: r["id"])] == \
         ["created", "threaded", "created", "threaded", "created"]
 

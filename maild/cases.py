@@ -24,7 +24,7 @@ from maild import (agentcommands, agentnotices, articleratings, assignment, atta
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
-from maild.db import forget_on_rollback, get_unflushed, hold, insert_after_flush, pending
+from maild.db import forget_on_rollback, get_unflushed, hold, insert_after_flush, pending, write_at_flush
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
@@ -132,20 +132,21 @@ class StoreLookup:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    # Prepared once and run on the connection (which never flushes): building and running a
+    # select through the session cost as much again as the lookup itself.
+    _BY_REFERENCE = select(Case.id, Case.merged_into_id).where(Case.reference == bindparam("reference"))
+    _BY_MESSAGE_IDS = (select(Activity.message_id, Activity.case_id, Case.merged_into_id)  # a query less per reply
+                       .join(Case, Case.id == Activity.case_id)
+                       .where(Activity.message_id.in_(bindparam("message_ids", expanding=True))))
+    _MERGED_INTO = select(Case.merged_into_id).where(Case.id == bindparam("case_id"))
+
     def case_by_reference(self, reference: str) -> int | None:
         # Only stored cases: a case's reference reaches anyone in mail sent after its batch commits.
-        with self.session.no_autoflush:
-            row = self.session.execute(
-                select(Case.id, Case.merged_into_id).where(Case.reference == reference)
-            ).first()
+        row = self.session.connection().execute(self._BY_REFERENCE, {"reference": reference}).first()
         return None if row is None else self._follow(row[0], row[1])
 
     def case_by_message_ids(self, message_ids: list[str]) -> dict[str, int]:
-        with self.session.no_autoflush:
-            rows = self.session.execute(  # with each case's merged_into_id: a query less per reply
-                select(Activity.message_id, Activity.case_id, Case.merged_into_id)
-                .join(Case, Case.id == Activity.case_id).where(Activity.message_id.in_(message_ids))
-            ).all()
+        rows = self.session.connection().execute(self._BY_MESSAGE_IDS, {"message_ids": message_ids}).all()
         found = {mid: self._follow(cid, into) for mid, cid, into in rows if mid is not None}
         wanted = set(message_ids) - found.keys()
         for row in pending(self.session, Activity):  # an earlier message of this batch
@@ -160,8 +161,7 @@ class StoreLookup:
         while merged_into is not None and merged_into not in seen:
             seen.add(merged_into)
             case_id = merged_into
-            with self.session.no_autoflush:
-                merged_into = self.session.scalar(select(Case.merged_into_id).where(Case.id == case_id))
+            merged_into = self.session.connection().execute(self._MERGED_INTO, {"case_id": case_id}).scalar()
         return case_id
 
 
@@ -848,22 +848,31 @@ def _case_keys(session: Session) -> tuple[int, int]:
     batch leaves a gap, which is harmless (references also carry a random suffix).
     On SQLite, which has a single writer holding the database for the whole transaction, the
     number is the "case" counter's and the id is the largest one plus one, as SQLite itself
-    would choose; it is read once per transaction and counted on from there.
+    would choose; both are read once per transaction and counted on from there, and the
+    counter is written back with the batch's flush (an UPDATE per case was 3% of intake).
     """
     if session.get_bind().dialect.name == "postgresql":
         number, case_id = session.connection().execute(_PG_CASE_KEYS).one()  # no flush: see above
         return int(number), int(case_id)
     transaction = session.get_transaction()
-    last = session.info.get(_LAST_CASE_ID)
+    last = session.info.get(_LAST_CASE_KEYS)
     if last is None or last[0] is not transaction:
-        last = (transaction, int(session.connection().execute(_MAX_CASE_ID).scalar_one()))
-    session.info[_LAST_CASE_ID] = (transaction, last[1] + 1)
-    return next_number(session, "case"), last[1] + 1
+        connection = session.connection()
+        last = (transaction, int(connection.execute(_MAX_CASE_ID).scalar_one()),
+                int(connection.execute(_CASE_COUNTER).scalar() or 0))
+    case_id, number = last[1] + 1, last[2] + 1
+    session.info[_LAST_CASE_KEYS] = (transaction, case_id, number)
+    write_at_flush(session, _CASE_COUNTER_WRITE, _SET_CASE_COUNTER, {"value": number})
+    return number, case_id
 
 
 _PG_CASE_KEYS = text("SELECT nextval('case_number_seq'), nextval(pg_get_serial_sequence('cases', 'id'))")
 _MAX_CASE_ID = select(func.coalesce(func.max(Case.id), 0))
-_LAST_CASE_ID = "maild.last_case_id"
+_CASE_COUNTER = select(Counter.value).where(Counter.name == "case")
+_SET_CASE_COUNTER = sqlite_insert(Counter).values(name="case", value=bindparam("value")) \
+    .on_conflict_do_update(index_elements=[Counter.name], set_={"value": bindparam("value")})
+_LAST_CASE_KEYS = "maild.last_case_keys"
+_CASE_COUNTER_WRITE = "maild.case_counter"
 
 
 def _start_sla(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail, charge: entitlements.Charge,

@@ -140,10 +140,19 @@ def insert_after_flush(session: Session, table: Any, rows: list[dict[str, Any]])
     session.info.setdefault(_AFTER_FLUSH, []).append((table, rows))
 
 
+def write_at_flush(session: Session, key: str, statement: Any, params: dict[str, Any]) -> None:
+    """Run ``statement`` with the session's next flush (or its commit, if nothing is left to
+    flush), in place of any given earlier under ``key``: for a value a transaction counts on
+    in memory and writes once (SQLite's case counter), instead of a write each time it moves
+    on. Forgotten on a rollback."""
+    session.info.setdefault(_AT_FLUSH, {})[key] = (statement, params)
+
+
 _AFTER_FLUSH = "maild.insert_after_flush"
+_AT_FLUSH = "maild.write_at_flush"
 # session.info keys whose contents a rollback, or a flush, may have made wrong (see
 # forget_on_rollback).
-_ROLLBACK_SCOPED = {_AFTER_FLUSH}
+_ROLLBACK_SCOPED = {_AFTER_FLUSH, _AT_FLUSH}
 _FLUSH_SCOPED: set[str] = set()
 
 
@@ -213,6 +222,13 @@ def _after_flush(session: Session, _context: Any) -> None:
         by_table.setdefault(table, []).extend(rows)
     for table, rows in by_table.items():
         session.connection().execute(insert(table), rows)
+    _write_now(session)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_now(session: Session) -> None:
+    for statement, params in session.info.pop(_AT_FLUSH, {}).values():
+        session.connection().execute(statement, params)
 
 
 @event.listens_for(Session, "after_soft_rollback")

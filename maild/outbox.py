@@ -10,6 +10,7 @@ of an acknowledgement; composing was the largest single cost of a new case).
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -147,12 +148,25 @@ def _attachment(att: FileAttachment) -> Message:
     return part
 
 
-@lru_cache(maxsize=4096)
 def _address(name: str, addr: str) -> str:
     """``Name <addr>``, the name encoded if it is not ASCII; ValueError for an address the
-    email package would refuse, or one that is not ASCII (no SMTPUTF8 here).
+    email package would refuse, or one that is not ASCII (no SMTPUTF8 here)."""
+    if not name and _PLAIN_ADDRESS.fullmatch(addr):
+        # A bare address of plain characters is written as it is: what the email package
+        # makes of it, without its parser. The signed Reply-To of every acknowledgement is
+        # one, and new for every case, so the cache below never had it.
+        return addr
+    return _checked_address(name, addr)
 
-    Cached: a queue's own address heads every mail it sends and customers write again, and
+
+# RFC 5322's dot-atom on the left (no quoting needed), host names on the right.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+@lru_cache(maxsize=4096)
+def _checked_address(name: str, addr: str) -> str:
+    """Cached: a queue's own address heads every mail it sends and customers write again, and
     checking one costs more than the rest of a header (a refusal is not cached: it raises)."""
     try:
         checked = Address(display_name=one_line(name), addr_spec=addr)

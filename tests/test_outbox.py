@@ -78,6 +78,24 @@ def test_an_address_that_cannot_be_written_safely_is_refused(address: str) -> No
         wire(draft(to_addr=address))
 
 
+@pytest.mark.parametrize("address", [
+    "support+CAS-01234-AB12CD.abcdefghjk@example.test", "o'brien.smith@mail.customer.test", "x@a-b.test",
+    "a..b@customer.test", ".a@customer.test", "a@localhost", "a@x_y.test", "\"quoted\"@customer.test",
+])
+def test_a_bare_address_is_written_as_the_email_package_writes_it(address: str) -> None:
+    """Plain addresses (a signed Reply-To) skip the email package's parser; what is written
+    must be what it writes, and what it refuses still raises."""
+    from maild.outbox import _address, _checked_address
+
+    try:
+        expected = _checked_address("", address)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _address("", address)
+    else:
+        assert _address("", address) == expected
+
+
 @pytest.mark.parametrize("changes", [
     {}, {"html": None}, {"subject": "Re: " + "a fairly long plain subject line " * 4},
     {"subject": "ASCII only", "to_name": "Plain Name", "references": tuple(f"<r{i}@x.test>" for i in range(30))},

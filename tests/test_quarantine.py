@@ -120,6 +120,21 @@ def test_a_batch_written_again_message_by_message_still_limits_acknowledgements(
     assert env.count("SELECT count(*) FROM outbound_message") == 1, "one acknowledgement an hour, as configured"
 
 
+def test_case_numbers_go_on_after_a_batch_written_again_and_into_the_next(env: Env) -> None:
+    """A batch counts case numbers on in memory (SQLite: the counter is written once, at the
+    flush): a message's rolled-back savepoint may leave a gap, but no number is given twice."""
+    refuse_activities_about(env, "poison")
+    for subject in ("Printer on fire", "A poison message", "Scanner jammed"):
+        env.inject(mail(subject=subject))
+    env.ok("run", "--once")
+    env.inject(mail(subject="Toner empty"))
+    env.ok("run", "--once")
+    cases = sorted(env.json("cases", "list"), key=lambda c: c["reference"])
+    assert [c["title"] for c in cases] == ["Printer on fire", "Scanner jammed", "Toner empty"]
+    numbers = [int(c["reference"].split("-")[1]) for c in cases]
+    assert numbers == sorted(set(numbers)), f"each number once, in order: {numbers}"
+
+
 def test_unparseable_bytes_are_quarantined_not_dropped(env: Env) -> None:
     env.inject(b"\x00\x01\x02 this is not a mail message \xff\xfe", "--queue", "support")
     env.ok("run", "--once")

@@ -194,7 +194,7 @@ def _number_new_rows(session: Session, _context: Any, _instances: Any) -> None:
     for mapper, states in unnumbered.items():
         key = _numbered_key(mapper)
         assert key is not None
-        stored = connection.execute(select(func.coalesce(func.max(mapper.primary_key[0]), 0))).scalar_one()
+        stored = connection.execute(_largest_id(mapper)).scalar_one()
         # In the order they were added, as their INSERTs would have numbered them: a case's
         # activities are listed by id.
         start = max(int(stored), given.get(mapper, 0)) + 1
@@ -209,6 +209,11 @@ def _numbered_key(mapper: Any) -> str | None:
     if len(mapper.primary_key) != 1 or column is not mapper.primary_key[0]:
         return None
     return str(mapper.get_property_by_column(column).key)
+
+
+@lru_cache(maxsize=None)
+def _largest_id(mapper: Any) -> Any:
+    return select(func.coalesce(func.max(mapper.primary_key[0]), 0))
 
 
 @event.listens_for(Session, "after_flush")

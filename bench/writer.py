@@ -1,0 +1,84 @@
+"""The intake writer alone: CPU per message of writing parsed mail into cases, in-process.
+
+Each repetition makes a fresh installation (bench/intake.py's: temp dir, config, SQLite or
+a fresh PostgreSQL schema), stores the corpus in the inbound table, claims it in batches
+and parses every message first, untimed. Then only ``IntakeRunner.process_batch`` runs,
+timed with ``time.process_time``: rules, threading, cases, activities, acknowledgements
+rendered and composed into the outbox, the batch's commits. Nothing is sent.
+
+No network, no daemon, no parse worker and no other process: this is the steadiest figure
+for comparing two versions of the writer on a shared machine, where whole-run benchmarks
+vary by 15% or more. Take the best of the repetitions, and alternate the versions:
+
+    PYTHONPATH=/path/to/other/checkout .venv/bin/python bench/writer.py
+    .venv/bin/python bench/writer.py [--messages 1000] [--reps 3] [--batch 20]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--output FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import intake as bench_intake  # noqa: E402  (its corpus and throw-away installation)
+
+
+def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], batch: int) -> float:
+    """CPU seconds per message of writing ``corpus`` on a fresh installation."""
+    from maild import inbound
+    from maild.app import load_app
+    from maild.parsepool import parse_one
+    from maild.processing import IntakeRunner
+
+    with ExitStack() as stack:
+        install = bench_intake.create_install(opts, stack, bench_intake.Deadline(opts.timeout))
+        bench_intake.store_all(install, corpus)
+        app = load_app(install.config)
+        stack.callback(app.close)
+        ctx = app.intake_context()
+        runner = IntakeRunner(app.factory, lambda: ctx, clock=app.clock, batch=batch)
+        batches = []
+        while claimed := inbound.claim(app.factory, now=app.clock(), lease=timedelta(hours=1), max_attempts=5,
+                                       limit=batch, worker=runner.worker, sweep=False):
+            batches.append((claimed, [parse_one(item.raw) for item in claimed]))
+        start = time.process_time()
+        for claimed, mails in batches:
+            runner.process_batch(claimed, ctx, mails)
+        cpu = time.process_time() - start
+        runner.close()
+    return cpu / len(corpus)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--messages", type=int, default=1000, help="messages in the corpus (default 1000)")
+    p.add_argument("--reps", type=int, default=3, help="fresh installations to write it into (default 3)")
+    p.add_argument("--batch", type=int, default=20, help="messages per batch, as maild's intake runner (default 20)")
+    p.add_argument("--database-url", help="PostgreSQL base URL (default: SQLite in a temp dir)")
+    p.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
+    p.add_argument("--output", type=Path, help="also write the figures as JSON to this file")
+    a = p.parse_args(argv)
+    if a.messages < 2 or a.reps < 1 or a.batch < 1:
+        p.error("--messages must be >= 2, --reps and --batch >= 1")
+    opts = bench_intake.parse_args(["--mode", "store", "--messages", str(a.messages), "--seed", str(a.seed)]
+                                   + (["--database-url", a.database_url] if a.database_url else []))
+    corpus = bench_intake.generate(a.messages, opts.customers, opts.seed)
+    per_message = [one_run(opts, corpus, a.batch) * 1000 for _ in range(a.reps)]
+    database = "postgresql" if a.database_url else "sqlite"
+    print(f"maild intake writer, {database}, {a.messages} messages in batches of {a.batch}: "
+          f"best {min(per_message):.3f} ms of CPU a message (runs: {', '.join(f'{x:.3f}' for x in per_message)})")
+    if a.output:
+        a.output.write_text(json.dumps({"database": database, "messages": a.messages, "batch": a.batch,
+                                        "ms_per_message": per_message, "best": min(per_message)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,8 @@ from maild import (agentcommands, agentnotices, articleratings, assignment, atta
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
-from maild.db import forget_on_rollback, get_unflushed, hold, insert_after_flush, pending, write_at_flush
+from maild.db import (forget_on_rollback, get_unflushed, hold, insert_after_flush, largest_id, pending,
+                      write_at_flush)
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
@@ -858,8 +859,7 @@ def _case_keys(session: Session) -> tuple[int, int]:
     last = session.info.get(_LAST_CASE_KEYS)
     if last is None or last[0] is not transaction:
         connection = session.connection()
-        last = (transaction, int(connection.execute(_MAX_CASE_ID).scalar_one()),
-                int(connection.execute(_CASE_COUNTER).scalar() or 0))
+        last = (transaction, largest_id(connection, Case), int(connection.execute(_CASE_COUNTER).scalar() or 0))
     case_id, number = last[1] + 1, last[2] + 1
     session.info[_LAST_CASE_KEYS] = (transaction, case_id, number)
     write_at_flush(session, _CASE_COUNTER_WRITE, _SET_CASE_COUNTER, {"value": number})
@@ -867,7 +867,6 @@ def _case_keys(session: Session) -> tuple[int, int]:
 
 
 _PG_CASE_KEYS = text("SELECT nextval('case_number_seq'), nextval(pg_get_serial_sequence('cases', 'id'))")
-_MAX_CASE_ID = select(func.coalesce(func.max(Case.id), 0))
 _CASE_COUNTER = select(Counter.value).where(Counter.name == "case")
 _SET_CASE_COUNTER = sqlite_insert(Counter).values(name="case", value=bindparam("value")) \
     .on_conflict_do_update(index_elements=[Counter.name], set_={"value": bindparam("value")})

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -179,7 +179,7 @@ def _number_new_rows(session: Session, _context: Any, _instances: Any) -> None:
     """
     if not session.new or session.get_bind().dialect.name != "sqlite":
         return
-    unnumbered: dict[Any, list[Any]] = {}
+    unnumbered: dict[tuple[Any, str], list[Any]] = {}
     given: dict[Any, int] = {}  # the largest id already given to a pending row (a new case's)
     for obj in session.new:
         state = inspect(obj)
@@ -187,17 +187,13 @@ def _number_new_rows(session: Session, _context: Any, _instances: Any) -> None:
         if key is None:
             continue
         if (ident := getattr(obj, key)) is None:
-            unnumbered.setdefault(state.mapper, []).append(state)
+            unnumbered.setdefault((state.mapper, key), []).append(state)
         else:
             given[state.mapper] = max(given.get(state.mapper, 0), ident)
-    connection = session.connection()
-    for mapper, states in unnumbered.items():
-        key = _numbered_key(mapper)
-        assert key is not None
-        stored = connection.execute(_largest_id(mapper)).scalar_one()
+    for (mapper, key), states in unnumbered.items():
         # In the order they were added, as their INSERTs would have numbered them: a case's
         # activities are listed by id.
-        start = max(int(stored), given.get(mapper, 0)) + 1
+        start = max(largest_id(session.connection(), mapper), given.get(mapper, 0)) + 1
         for number, state in enumerate(sorted(states, key=lambda s: s.insert_order), start=start):
             setattr(state.obj(), key, number)
 
@@ -211,8 +207,14 @@ def _numbered_key(mapper: Any) -> str | None:
     return str(mapper.get_property_by_column(column).key)
 
 
+def largest_id(connection: Connection, model: Any) -> int:
+    """The largest id stored in a model's (or mapper's) table, 0 if it is empty: on SQLite,
+    the next new row's id is this plus one."""
+    return int(connection.execute(_largest_id_query(inspect(model).mapper)).scalar_one())
+
+
 @lru_cache(maxsize=None)
-def _largest_id(mapper: Any) -> Any:
+def _largest_id_query(mapper: Any) -> Any:
     return select(func.coalesce(func.max(mapper.primary_key[0]), 0))
 
 

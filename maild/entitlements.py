@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild.db import insert_after_flush, transaction
+from maild.db import transaction
 from maild.errors import MaildError, NotFound
 from maild.models import Account, AuditEvent, Case, Contact, Entitlement
 
@@ -115,10 +115,10 @@ def _charge(session: Session, case: Case, ent: Entitlement, units: int, now: dat
 
 def _audit(session: Session, case_id: int | None, actor: str, action: str, now: datetime, ent: Entitlement,
            **details: Any) -> None:
-    # As maild.cases.audit writes every other event, so that a case's events keep their order.
-    insert_after_flush(session, AuditEvent, [{
-        "case_id": case_id, "at": now, "actor": actor, "action": action,
-        "details": {"entitlement_id": ent.id, "entitlement": ent.name, "remaining": ent.remaining, **details}}])
+    from maild.cases import audit  # it imports this module; written as every other event, in order
+
+    audit(session, case_id, actor, action, now, entitlement_id=ent.id, entitlement=ent.name,
+          remaining=ent.remaining, **details)
 
 
 # Admin commands ----------------------------------------------------------------------------

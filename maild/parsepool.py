@@ -58,12 +58,13 @@ def parse_one(raw: bytes) -> Parsed:
         return exc
 
 
-def parse_and_store(raw: bytes, data_dir: Path) -> Parsed:
-    """``parse_one``, each attachment already written to the attachment store: in a worker,
-    that takes the writing and its fsync off the intake writer's hands. The store is keyed
-    by content, so a batch rolled back later leaves at most files nothing points at yet."""
+def parse_and_store(raw: bytes, data_dir: Path | None) -> Parsed:
+    """``parse_one``, each attachment already written to the attachment store under
+    ``data_dir`` (None: not written): in a worker, that takes the writing and its fsync off
+    the intake writer's hands. The store is keyed by content, so a batch rolled back later
+    leaves at most files nothing points at yet."""
     parsed = parse_one(raw)
-    if isinstance(parsed, ParseError) or not parsed.attachments:
+    if data_dir is None or isinstance(parsed, ParseError) or not parsed.attachments:
         return parsed
     return replace(parsed, attachments=tuple(_stored(data_dir, att) for att in parsed.attachments))
 

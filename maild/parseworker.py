@@ -42,7 +42,7 @@ def main() -> None:
     attachments are also written to its attachment store."""
     from pathlib import Path
 
-    from maild.parsepool import Parsed, parse_and_store, parse_one
+    from maild.parsepool import parse_and_store
 
     # Ctrl-C reaches the whole process group; the daemon decides when to stop, and the
     # worker then sees its stdin close.
@@ -54,8 +54,7 @@ def main() -> None:
             raws = read_frame(stdin)
         except EOFError:
             return
-        parsed: list[Parsed] = [parse_and_store(raw, store) if store else parse_one(raw) for raw in raws]
-        write_frame(stdout, parsed)
+        write_frame(stdout, [parse_and_store(raw, store) for raw in raws])
 
 
 if __name__ == "__main__":

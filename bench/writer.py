@@ -4,7 +4,8 @@ Each repetition makes a fresh installation (bench/intake.py's: temp dir, config,
 a fresh PostgreSQL schema), stores the corpus in the inbound table, claims it in batches
 and parses every message first, untimed. Then only ``IntakeRunner.process_batch`` runs,
 timed with ``time.process_time``: rules, threading, cases, activities, acknowledgements
-rendered and composed into the outbox, the batch's commits. Nothing is sent.
+rendered and composed into the outbox, the batch's commits. Nothing is sent. The SQL
+statements the writing sends are counted too (an executemany counts once).
 
 No network, no daemon, no parse worker and no other process: this is the steadiest figure
 for comparing two versions of the writer on a shared machine, where whole-run benchmarks
@@ -30,8 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intake as bench_intake  # noqa: E402  (its corpus and throw-away installation)
 
 
-def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], batch: int) -> float:
-    """CPU seconds per message of writing ``corpus`` on a fresh installation."""
+def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], batch: int) -> tuple[float, int]:
+    """CPU seconds per message of writing ``corpus`` on a fresh installation, and the SQL
+    statements the writing sent (an executemany counts once)."""
+    from sqlalchemy import event
+
     from maild import inbound
     from maild.app import load_app
     from maild.parsepool import parse_one
@@ -48,12 +52,20 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
         while claimed := inbound.claim(app.factory, now=app.clock(), lease=timedelta(hours=1), max_attempts=5,
                                        limit=batch, worker=runner.worker, sweep=False):
             batches.append((claimed, [parse_one(item.raw) for item in claimed]))
+        statements = 0
+
+        def count(*_args: object) -> None:
+            nonlocal statements
+            statements += 1
+
+        event.listen(app.engine, "before_cursor_execute", count)
         start = time.process_time()
         for claimed, mails in batches:
             runner.process_batch(claimed, ctx, mails)
         cpu = time.process_time() - start
+        event.remove(app.engine, "before_cursor_execute", count)
         runner.close()
-    return cpu / len(corpus)
+    return cpu / len(corpus), statements
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     opts = bench_intake.parse_args(["--mode", "store", "--messages", str(a.messages), "--seed", str(a.seed)]
                                    + (["--database-url", a.database_url] if a.database_url else []))
     corpus = bench_intake.generate(a.messages, opts.customers, opts.seed)
-    per_message = [one_run(opts, corpus, a.batch) * 1000 for _ in range(a.reps)]
+    runs = [one_run(opts, corpus, a.batch) for _ in range(a.reps)]
+    per_message = [cpu * 1000 for cpu, _ in runs]
+    statements = runs[0][1]  # the same corpus, the same statements: every run sends as many
     database = "postgresql" if a.database_url else "sqlite"
     print(f"maild intake writer, {database}, {a.messages} messages in batches of {a.batch}: "
-          f"best {min(per_message):.3f} ms of CPU a message (runs: {', '.join(f'{x:.3f}' for x in per_message)})")
+          f"best {min(per_message):.3f} ms of CPU a message (runs: {', '.join(f'{x:.3f}' for x in per_message)}); "
+          f"{statements} SQL statements")
     if a.output:
         a.output.write_text(json.dumps({"database": database, "messages": a.messages, "batch": a.batch,
-                                        "ms_per_message": per_message, "best": min(per_message)}, indent=2))
+                                        "ms_per_message": per_message, "best": min(per_message),
+                                        "statements": statements}, indent=2))
     return 0
 
 

@@ -3,6 +3,16 @@
 SQLite runs in WAL mode with synchronous=FULL: intake promises a sender that a message is
 stored, so a commit must survive a power cut, not just a crash. busy_timeout lets a second
 process (``maild inject`` beside ``maild run``) wait for the writer instead of failing.
+
+A transaction whose commit promises nothing outside the database may commit lazily
+(``transaction(factory, lazy=True)``): SQLite's synchronous=NORMAL, PostgreSQL's
+``synchronous_commit = off``. It survives a crash of maild; a power cut may lose it, and
+then only with every commit after it, since the log is written in order and any durable
+commit flushes all of it (SQLite's WAL: one fsync of the file; PostgreSQL's asynchronous
+commit, documented so). Every promise to the outside follows a durable commit: a sender's
+250, an IMAP message moved or flagged, an inject's exit status, a message handed to the
+transport (its outbox row marked sending). So what a power cut can take is the processing
+of stored messages, which are then processed again, with nothing sent for them yet.
 """
 
 from __future__ import annotations
@@ -51,6 +61,11 @@ def make_engine(url: str, echo: bool = False, busy_timeout: float = 30.0) -> Eng
         url, echo=echo, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(busy_timeout))}
     )
 
+    @event.listens_for(engine, "begin")
+    def _lazy_commit(conn: Connection) -> None:
+        if conn.get_execution_options().get(_LAZY):
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
+
     @event.listens_for(engine, "connect")
     def _custom_plans(dbapi_conn: Any, _record: Any) -> None:
         # psycopg prepares a statement on the server after five runs, and PostgreSQL then
@@ -84,18 +99,24 @@ def _sqlite_engine(url: str, echo: bool, busy_timeout: float) -> Engine:
             cparams["uri"] = True
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+    def _pragmas(dbapi_conn: Any, record: Any) -> None:
         nonlocal found
         found = True
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
+        record.info[_SYNCHRONOUS] = "FULL"
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
+    def _begin(conn: Connection) -> None:
+        # The level is the connection's, not the transaction's: set it only when it changes.
+        level = "NORMAL" if conn.get_execution_options().get(_LAZY) else "FULL"
+        if conn.info.get(_SYNCHRONOUS) != level:
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            conn.info[_SYNCHRONOUS] = level
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
@@ -245,15 +266,23 @@ def _forget_after_rollback(session: Session, _previous: Any) -> None:
         session.info.pop(key, None)
 
 
+_LAZY = "maild_lazy_commit"  # an execution option of the transaction's connection
+_SYNCHRONOUS = "maild.synchronous"  # SQLite's level on a pooled connection, in its info
+
+
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+def transaction(factory: sessionmaker[Session], *, lazy: bool = False) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error.
 
     A locked SQLite database or an unreachable PostgreSQL is a TemporaryFailure, so
     callers (the SMTP listener, ``maild inject``) can tell the sender to try again.
+    ``lazy``: the commit need not reach the disk before it returns, for work that promises
+    nothing outside the database (see the module's docstring).
     """
     session = factory()
     try:
+        if lazy:
+            session.connection(execution_options={_LAZY: True})
         yield session
         session.commit()
     except OperationalError as exc:

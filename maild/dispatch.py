@@ -73,7 +73,8 @@ class DispatchRunner(Runner):
         return len(ids)
 
     def _claim(self, now: datetime) -> list[int]:
-        with transaction(self.factory) as session:
+        # Lazy: a lease lost to a power cut is taken again. Marking a row sending is durable.
+        with transaction(self.factory, lazy=True) as session:
             # Ids only: each row's bytes are read once, when it is marked sending.
             conn = session.connection()
             ids = list(conn.scalars(_CLAIMABLE, {"now": now, "limit": self.batch}))
@@ -120,7 +121,8 @@ class DispatchRunner(Runner):
         return Result(row_id, PENDING, error, self.clock() + timedelta(seconds=delay))
 
     def _park_interrupted(self, now: datetime) -> None:
-        with transaction(self.factory) as session:
+        # Lazy (maild.db): parking lost to a power cut is done again at the next look.
+        with transaction(self.factory, lazy=True) as session:
             result = session.execute(
                 update(OutboundMessage)
                 .where(OutboundMessage.state == SENDING, OutboundMessage.claimed_until < now)

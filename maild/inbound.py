@@ -179,8 +179,9 @@ def claim(
     sweeps now and then, not before every claim; the rows wait unclaimed meanwhile.
     On PostgreSQL, SKIP LOCKED lets several workers claim side by side without waiting on
     each other; on SQLite the write lock taken by BEGIN IMMEDIATE serialises them.
+    A lazy commit (maild.db): a claim lost to a power cut only leaves the rows to claim again.
     """
-    with transaction(factory) as session:
+    with transaction(factory, lazy=True) as session:
         if sweep:
             _give_up_on_poison(session, now, max_attempts)
         # Columns and a single UPDATE on the connection, not ORM objects: a batch's raw bytes

@@ -152,8 +152,11 @@ class IntakeRunner(Runner):
 
     def _write(self, ctx: IntakeContext, parsed: list[tuple[inbound.Claimed, Parsed]],
                careful: bool) -> list[Outcome]:
-        """The batch in one transaction; ``careful``: each message in a savepoint of its own."""
-        with transaction(self.factory) as session:
+        """The batch in one transaction; ``careful``: each message in a savepoint of its own.
+
+        Its commit is lazy (maild.db): nothing is promised outside until the dispatcher's
+        durable commit before it sends, which makes this one durable too."""
+        with transaction(self.factory, lazy=True) as session:
             hold(session, session.scalars(select(Queue)))  # every new case would load its queue again
             locked = lock_inbound(session, [item.id for item, _ in parsed])
             prefetch(session, [mail for _, mail in parsed if isinstance(mail, ParsedMail)], self.clock())

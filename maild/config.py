@@ -54,6 +54,12 @@ def _parse_workers(value: Any) -> Any:
     raise ValueError(f'expected "auto" or a whole number from 0 to 32, got {_show(value)}')
 
 
+def _intake_batch(value: Any) -> Any:
+    if value == "auto" or (type(value) is int and 1 <= value <= 500):
+        return value
+    raise ValueError(f'expected "auto" or a whole number from 1 to 500, got {_show(value)}')
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -121,6 +127,9 @@ class IntakeConfig(_Model):
     # (0: parse in-process). "auto": one on SQLite when the host has a CPU to spare, none on
     # PostgreSQL, where more daemons are the way to use more CPUs (maild.parsepool.workers_for).
     parse_workers: Annotated[int | Literal["auto"], BeforeValidator(_parse_workers)] = "auto"
+    # Messages written per transaction (maild.processing.batch_for): "auto" is 50 on SQLite,
+    # 20 on PostgreSQL, where smaller batches share a backlog better between workers.
+    batch: Annotated[int | Literal["auto"], BeforeValidator(_intake_batch)] = "auto"
 
 
 class SmtpRelayConfig(Secret):

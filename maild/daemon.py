@@ -14,26 +14,31 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maild import config as config_mod
-from maild import escalation, httpd, metrics
+from maild import escalation, metrics
 from maild.app import App, load_rules, required_templates
 from maild.cases import IntakeContext
 from maild.db import is_postgres
 from maild.dispatch import DispatchRunner
 from maild.errors import ConfigError
 from maild.intake.imap import ImapPoller
-from maild.intake.smtp import IntakeController, IntakeHandler
 from maild.liveness import Presence, ReaperRunner, presence_for, reap, worker_id
 from maild.parsepool import parser_for
-from maild.processing import IntakeRunner
+from maild.processing import IntakeRunner, batch_for
 from maild.reportmail import ReportMailRunner
 from maild.runner import Runner
 from maild.sla import SlaRunner
 from maild.templates import Renderer
 from maild.transport import Transport, from_config
 from maild.wakeups import Listener
+
+if TYPE_CHECKING:
+    # Imported where they start: `run --once` serves neither HTTP nor SMTP, and their
+    # libraries (prometheus_client, aiosmtpd) would add 2 MiB to its resident memory.
+    from maild.httpd import HttpServer
+    from maild.intake.smtp import IntakeController
 
 log = logging.getLogger("maild.daemon")
 
@@ -48,7 +53,7 @@ class Daemon:
         me = self.presence.worker_id
         self.dispatch = DispatchRunner(app.factory, self.transport, app.config.outgoing, clock=app.clock, worker=me)
         self.intake = IntakeRunner(app.factory, self._context, clock=app.clock, on_processed=self.dispatch.poke,
-                                   worker=me, parser=parser_for(app.config))
+                                   worker=me, parser=parser_for(app.config), batch=batch_for(app.config))
         self.pollers = make_pollers(app, on_stored=self.intake.poke, worker=me)
         self.reaper = ReaperRunner(app.factory, self.presence, clock=app.clock)
         self.sla = SlaRunner(app.factory, lambda: self._context().rules, self._act, clock=app.clock)
@@ -58,7 +63,7 @@ class Daemon:
             self.runners.append(Listener(app.engine, self.intake.poke))
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
-        self._http: httpd.HttpServer | None = None
+        self._http: HttpServer | None = None
         self.stopped = threading.Event()
 
     def _context(self) -> IntakeContext:
@@ -71,6 +76,8 @@ class Daemon:
         cfg = self.app.config
         self._start_http()  # first: a port already taken stops the daemon before it takes any mail
         if cfg.intake.smtp.enabled:
+            from maild.intake.smtp import IntakeController, IntakeHandler
+
             handler = IntakeHandler(cfg, self.app.registry, self.app.factory, on_stored=self.intake.poke,
                                     clock=self.app.clock, lmtp=cfg.intake.smtp.protocol == "lmtp")
             self._listener = IntakeController(handler, cfg)
@@ -104,6 +111,8 @@ class Daemon:
         log.info("maild stopped")
 
     def _start_http(self) -> None:
+        from maild import httpd
+
         served = httpd.serve(self.app)
         if served is not None:
             counters, self._http = served
@@ -181,7 +190,7 @@ def _drain(app: App, transport: Transport, presence: Presence) -> tuple[int, int
     reap(app.factory, presence, app.clock())
     ctx = app.intake_context()
     intake = IntakeRunner(app.factory, lambda: ctx, clock=app.clock, worker=presence.worker_id,
-                          parser=parser_for(app.config))
+                          parser=parser_for(app.config), batch=batch_for(app.config))
     dispatch = DispatchRunner(app.factory, transport, app.config.outgoing, clock=app.clock, worker=presence.worker_id)
     for poller in make_pollers(app, worker=presence.worker_id):
         try:

@@ -13,7 +13,6 @@ from email.message import Message
 from types import MappingProxyType
 from typing import Any
 
-import inscriptis  # type: ignore[import-untyped, unused-ignore]
 import mailparser  # type: ignore[import-untyped, unused-ignore]
 import nh3
 from mailparser_reply import EmailMessage as ReplyText  # type: ignore[import-untyped, unused-ignore]
@@ -258,7 +257,10 @@ def _bodies(plain: list[str], html_parts: list[str]) -> tuple[str, str | None]:
     if texts:
         return "\n".join(texts), html
     # inscriptis only reads markup, so it gets the original document; sanitising is
-    # for whoever renders `html`.
+    # for whoever renders `html`. Imported here: it brings lxml (6 MiB), which a daemon
+    # whose parsing runs in a worker process would carry in its own for nothing.
+    import inscriptis  # type: ignore[import-untyped, unused-ignore]
+
     return inscriptis.get_text(raw_html).strip() if raw_html else "", html
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild import inbound, logs, metrics
 from maild.cases import IntakeContext, Outcome, apply, lock_inbound, prefetch
 from maild.clock import Clock, utcnow
+from maild.config import Config
 from maild.db import hold, is_temporary, transaction
 from maild.errors import MaildError, ParseError, TemporaryFailure
 from maild.liveness import worker_id
@@ -52,6 +53,17 @@ PARENT_DELAY = timedelta(seconds=0.5)
 # look reads the whole backlog, and before every claim that made draining n messages cost
 # n²/batch row reads. The rows are not claimed meanwhile; the sweep only quarantines them.
 SWEEP_INTERVAL = timedelta(seconds=10)
+
+
+def batch_for(config: Config) -> int:
+    """Messages a transaction writes (``intake.batch``). "auto": 50 on SQLite, where one
+    writer holds the database and each commit and claim costs per batch (measured 5% faster
+    than 20 on a 10,000-message mailbox); 20 on PostgreSQL, where two workers sharing a
+    backlog went 1.59x as fast as one with 20 and 1.50x with 50 (median of three pairs)."""
+    setting = config.intake.batch
+    if setting != "auto":
+        return setting
+    return 50 if config.database.url.startswith("sqlite") else 20
 
 
 class _WriteAgain(Exception):

@@ -58,6 +58,7 @@ BAD = [
     ("[[teams]]\nname = \"desk\"\nagents = []\n", "teams.0.agents: Tuple should have at least 1 item"),
     ("[queues.support]\naddresses = [\"s@example.test\"]\nunknown_senders = \"maybe\"\n",
      "queues.support.unknown_senders: expected 'create', 'create_with_account' or 'refuse'"),
+    ("[intake]\nbatch = 0\n", 'intake.batch: expected "auto" or a whole number from 1 to 500, got 0'),
 ]
 
 
@@ -187,6 +188,15 @@ def test_parse_workers_default_to_auto_and_take_a_number() -> None:
     for bad in (-1, 33, "many", True, 1.5):
         with pytest.raises(ValueError, match='expected "auto" or a whole number from 0 to 32'):
             config.IntakeConfig(parse_workers=bad)
+
+
+def test_intake_batch_defaults_to_auto_and_takes_a_number() -> None:
+    assert config.IntakeConfig().batch == "auto"
+    assert config.IntakeConfig(batch=1).batch == 1
+    assert config.IntakeConfig(batch=500).batch == 500
+    for bad in (0, 501, "big", True, 20.0):
+        with pytest.raises(ValueError, match='expected "auto" or a whole number from 1 to 500'):
+            config.IntakeConfig(batch=bad)
 
 
 @pytest.mark.parametrize(("setting", "url", "cpus", "workers"), [

@@ -7,9 +7,11 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from typing import Any
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
 from conftest import Env, mail
 from maild import config as config_mod
@@ -204,3 +206,38 @@ def test_a_batch_the_workers_parse_clears_earlier_failures(monkeypatch: pytest.M
         assert parser.failures == 0 and parser.workers == 1
     finally:
         parser.close()
+
+
+
+@pytest.mark.parametrize("setting", ["auto", 7])
+def test_maild_run_writes_a_backlog_in_batches_of_intake_batch(env: Env, monkeypatch: pytest.MonkeyPatch,
+                                                                setting: str | int) -> None:
+    """`intake.batch`, as `run --once` (and the daemon) use it: "auto" is 50 messages a
+    transaction on SQLite, where one writer holds the database, and 20 on PostgreSQL, where
+    workers share a backlog; a number is taken as it is."""
+    from maild.daemon import run_once
+    from maild.models import Queue
+    from maild.transport import MemoryTransport
+
+    if setting != "auto":
+        env.config.write_text(env.config.read_text().replace("[intake]\n", f"[intake]\nbatch = {setting}\n", 1))
+    sizes: list[int] = []
+    write = IntakeRunner.process_batch
+
+    def counted(self: IntakeRunner, items: list[Any], *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(items))
+        return write(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(IntakeRunner, "process_batch", counted)
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    try:
+        with app.factory() as session:
+            queue_id = session.scalars(select(Queue.id).where(Queue.name == "support")).one()
+        for raw in letters(55):
+            inbound.add(app.factory, [queue_id], raw, source="inject", now=datetime.now(UTC))
+        assert run_once(app, MemoryTransport())[0] == 55
+    finally:
+        app.close()
+    batch = setting if isinstance(setting, int) else 50 if env.db_url.startswith("sqlite") else 20
+    assert sizes == [batch] * (55 // batch) + [55 % batch]

@@ -202,6 +202,7 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
     inserts: list[str] = []
     contact_reads: list[str] = []
     ack_counts: list[str] = []
+    duplicate_checks: list[str] = []
 
     def count(session: Session, _context: object, _objects: object) -> None:
         flushes.append(len(session.new))
@@ -213,6 +214,8 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
             contact_reads.append(sql)
         elif sql.startswith("SELECT") and "FROM outbound_message" in sql and "count(" in sql:
             ack_counts.append(sql)
+        elif sql.startswith("SELECT") and "FROM activity" in sql and "activity.kind" in sql:
+            duplicate_checks.append(sql)
 
     event.listen(Session, "before_flush", count)
     event.listen(app.engine, "before_cursor_execute", statement)
@@ -226,6 +229,7 @@ def test_a_batch_is_written_in_one_flush(env: Env) -> None:
     assert inserts.count("audit_event") == 1, "the batch's audit events in one INSERT, after the flush"
     assert len(contact_reads) == 1, f"the batch's senders looked up at once: {contact_reads}"
     assert len(ack_counts) == 1, "the senders' acknowledgements of the last hour counted at once"
+    assert len(duplicate_checks) == 1, f"the batch's Message-IDs looked up as recorded at once: {duplicate_checks}"
     # On SQLite too, where the ORM would learn each new id from an INSERT of its own.
     assert inserts.count("activity") == 1, "the six activities (four in, two acknowledgements) in one INSERT"
     assert inserts.count("outbound_message") == 1, "the two acknowledgements in one INSERT"

@@ -135,6 +135,21 @@ def test_case_numbers_go_on_after_a_batch_written_again_and_into_the_next(env: E
     assert numbers == sorted(set(numbers)), f"each number once, in order: {numbers}"
 
 
+def test_a_batch_written_again_still_finds_its_own_duplicates(env: Env) -> None:
+    """The batch's Message-IDs are looked up once, at its start; written again with a
+    savepoint per message (each flushes the messages before it), a message sent to two
+    queues must still find the case its first copy made, in that flush."""
+    refuse_activities_about(env, "poison")
+    raw = mail(subject="Printer on fire", message_id="<twice@customer.test>")
+    env.inject(raw)
+    env.inject(raw.replace(b"To: support@example.test", b"To: billing@example.test"), "--queue", "billing")
+    env.inject(mail(subject="A poison message"))  # last: nothing rolls back between the two copies
+    env.ok("run", "--once")
+    assert [c["title"] for c in env.json("cases", "list")] == ["Printer on fire"]
+    outcomes = sorted(r["outcome"] or r["state"] for r in env.json("inbound", "list"))
+    assert outcomes == ["created", "duplicate", "quarantined"]
+
+
 def test_unparseable_bytes_are_quarantined_not_dropped(env: Env) -> None:
     env.inject(b"\x00\x01\x02 this is not a mail message \xff\xfe", "--queue", "support")
     env.ok("run", "--once")

@@ -31,9 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intake as bench_intake  # noqa: E402  (its corpus and throw-away installation)
 
 
-def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], batch: int) -> tuple[float, int]:
+def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], batch: int,
+            calls: bool = False) -> tuple[float, int]:
     """CPU seconds per message of writing ``corpus`` on a fresh installation, and the SQL
-    statements the writing sent (an executemany counts once)."""
+    statements the writing sent (an executemany counts once). With ``calls``, the first
+    figure is the function calls per message instead (Python's and C's, counted with
+    ``sys.setprofile``): slow, but the same on every run of the same code."""
     from sqlalchemy import event
 
     from maild import inbound
@@ -59,13 +62,23 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
             statements += 1
 
         event.listen(app.engine, "before_cursor_execute", count)
+        called = 0
+
+        def profile(_frame: object, what: str, _arg: object) -> None:
+            nonlocal called
+            if what in ("call", "c_call"):
+                called += 1
+
+        if calls:
+            sys.setprofile(profile)
         start = time.process_time()
         for claimed, mails in batches:
             runner.process_batch(claimed, ctx, mails)
         cpu = time.process_time() - start
+        sys.setprofile(None)
         event.remove(app.engine, "before_cursor_execute", count)
         runner.close()
-    return cpu / len(corpus), statements
+    return (called if calls else cpu) / len(corpus), statements
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,16 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url", help="PostgreSQL base URL (default: SQLite in a temp dir)")
     p.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
     p.add_argument("--output", type=Path, help="also write the figures as JSON to this file")
+    p.add_argument("--calls", action="store_true",
+                   help="count function calls per message instead of timing (one run; the same on every run)")
     a = p.parse_args(argv)
     if a.messages < 2 or a.reps < 1 or a.batch < 1:
         p.error("--messages must be >= 2, --reps and --batch >= 1")
     opts = bench_intake.parse_args(["--mode", "store", "--messages", str(a.messages), "--seed", str(a.seed)]
                                    + (["--database-url", a.database_url] if a.database_url else []))
     corpus = bench_intake.generate(a.messages, opts.customers, opts.seed)
+    database = "postgresql" if a.database_url else "sqlite"
+    if a.calls:
+        calls, statements = one_run(opts, corpus, a.batch, calls=True)
+        print(f"maild intake writer, {database}, {a.messages} messages in batches of {a.batch}: "
+              f"{calls:,.0f} function calls a message; {statements} SQL statements")
+        return 0
     runs = [one_run(opts, corpus, a.batch) for _ in range(a.reps)]
     per_message = [cpu * 1000 for cpu, _ in runs]
     statements = runs[0][1]  # the same corpus, the same statements: every run sends as many
-    database = "postgresql" if a.database_url else "sqlite"
     print(f"maild intake writer, {database}, {a.messages} messages in batches of {a.batch}: "
           f"best {min(per_message):.3f} ms of CPU a message (runs: {', '.join(f'{x:.3f}' for x in per_message)}); "
           f"{statements} SQL statements")

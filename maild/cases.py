@@ -152,7 +152,7 @@ class StoreLookup:
         wanted = set(message_ids) - found.keys()
         for row in pending(self.session, Activity):  # an earlier message of this batch
             if row.message_id in wanted:
-                found[row.message_id] = self._follow(case_id_of(row), None)
+                found[row.message_id] = self._follow(row.case_id, None)
         return found
 
     def _follow(self, case_id: int, merged_into: int | None) -> int:
@@ -164,12 +164,6 @@ class StoreLookup:
             case_id = merged_into
             merged_into = self.session.connection().execute(self._MERGED_INTO, {"case_id": case_id}).scalar()
         return case_id
-
-
-def case_id_of(activity: Activity) -> int:
-    """The case of an activity, also while both are pending (the case's id is given when it
-    is made, its foreign key only at the flush)."""
-    return activity.case_id if activity.case_id is not None else activity.case.id
 
 
 def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMail, now: datetime, *,
@@ -392,7 +386,7 @@ def _duplicate_case(session: Session, message_id: str | None) -> int | None:
         return None
     for row in pending(session, Activity):  # an earlier message of this batch
         if row.message_id == message_id and row.kind == INCOMING_EMAIL:
-            return case_id_of(row)
+            return row.case_id
     known: dict[str, int | None] | None = session.info.get(_DUPLICATES)
     if known is not None and message_id in known:
         return known[message_id]
@@ -950,8 +944,11 @@ def _attachment_rows(ctx: IntakeContext, mail: ParsedMail) -> list[Attachment]:
 
 def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound: InboundMessage,
                        mail: ParsedMail, now: datetime) -> Activity:
+    # By the case's id, known when the case is made, not by the relationship: the flush then
+    # has no key to copy over and the case no collection to keep up (its Activity mapper
+    # still writes cases first).
     activity = Activity(
-        case=case, kind=INCOMING_EMAIL, created_at=now, message_id=mail.message_id,
+        case_id=case.id, kind=INCOMING_EMAIL, created_at=now, message_id=mail.message_id,
         in_reply_to=" ".join(mail.in_reply_to) or None, references=" ".join(mail.references) or None,
         from_addr=mail.sender_email, from_name=mail.sender.name if mail.sender else None,
         to_addrs=_addresses(mail.to), cc_addrs=_addresses(mail.cc), subject=mail.subject, sent_at=mail.date,
@@ -973,7 +970,7 @@ def outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: D
     """
     row = enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain)
     activity = Activity(
-        case=case, kind=OUTGOING_EMAIL, created_at=now, message_id=row.message_id,
+        case_id=case.id, kind=OUTGOING_EMAIL, created_at=now, message_id=row.message_id,
         in_reply_to=draft.in_reply_to, references=" ".join(draft.references) or None,
         from_addr=draft.from_addr, from_name=draft.from_name, to_addrs=draft.to_addr, subject=draft.subject,
         sent_at=None, text=draft.text, text_stripped=mail.text_stripped if mail else draft.text, html=draft.html,

@@ -133,12 +133,39 @@ def hold(session: Session, objects: Iterable[object]) -> None:
 
 
 def pending(session: Session, kind: type[T]) -> Iterator[T]:
-    """The ``kind`` rows added to ``session`` and not yet written.
+    """The ``kind`` rows added to ``session`` and not yet written, in the order added.
 
     Intake writes a batch's rows once, at its end; lookups that must see what the batch's
     earlier messages made read these instead of flushing (a flush per lookup, of the batch
-    so far, cost more than all the rest of threading a reply)."""
-    return (row for row in session.new if isinstance(row, kind))
+    so far, cost more than all the rest of threading a reply). They are kept by class as
+    they are added: going through ``session.new`` went through every row of every class,
+    each time (400 type checks a message in a batch of 50)."""
+    for cls, rows in session.info.get(_PENDING, {}).items():
+        if issubclass(cls, kind):
+            yield from rows
+
+
+_PENDING = "maild.pending"  # {class: [rows]}: added, and neither written nor taken away since
+
+
+@event.listens_for(Session, "transient_to_pending")
+def _track_pending(session: Session, instance: object) -> None:
+    session.info.setdefault(_PENDING, {}).setdefault(type(instance), []).append(instance)
+
+
+@event.listens_for(Session, "pending_to_transient")
+def _untrack_pending(session: Session, instance: object) -> None:
+    # Expunged, or its transaction (or savepoint) rolled back: rare, so a plain search.
+    rows = session.info.get(_PENDING, {}).get(type(instance), [])
+    for i, row in enumerate(rows):
+        if row is instance:
+            del rows[i]
+            return
+
+
+@event.listens_for(Session, "after_flush_postexec")
+def _forget_written(session: Session, _context: Any) -> None:
+    session.info.pop(_PENDING, None)  # all written; a row added from here on is tracked anew
 
 
 def get_unflushed(session: Session, kind: type[T], ident: int, **options: Any) -> T | None:

@@ -38,7 +38,7 @@ def is_participant(session: Session, case_id: int, email: str | None) -> bool:
                                           Activity.cc_addrs.ilike(pattern))).limit(1)
         ) is not None:
             return True
-    return any(_on(row, email) for row in pending(session, Activity) if row.case is case or row.case_id == case_id)
+    return any(_on(row, email) for row in pending(session, Activity) if row.case_id == case_id)
 
 
 def _on(activity: Activity, email: str) -> bool:

@@ -8,7 +8,7 @@ from email.policy import default
 
 import pytest
 
-from maild.outbox import Draft, FileAttachment, as_bytes, compose
+from maild.outbox import Draft, FileAttachment, as_bytes, compose, one_line
 
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
@@ -69,6 +69,18 @@ def test_customer_text_cannot_start_a_header() -> None:
     assert not any(line.startswith((b"Bcc:", b"X-Evil:")) for line in headers)
     msg = email.message_from_bytes(raw, policy=default)
     assert msg["Subject"] == "hi Bcc: victim@evil.test"
+
+
+@pytest.mark.parametrize(("value", "line"), [
+    ("hi\r\nBcc: victim@evil.test", "hi Bcc: victim@evil.test"),
+    ("\t tabs\tand  runs \n", "tabs and runs"),
+    ("no\x00nul\x07bell\x1bescape", "nonulbellescape"),  # control characters are dropped, not spaced
+    ("vertical\x0btab\x0cfeed\x1cseparators\x1f", "verticaltabfeedseparators"),
+    ("Jörg €\u00a0Zoë\x7f", "Jörg € Zoë\x7f"),  # text above space is kept (a no-break space is whitespace)
+    ("", ""),
+])
+def test_one_line_collapses_whitespace_and_drops_control_characters(value: str, line: str) -> None:
+    assert one_line(value) == line
 
 
 @pytest.mark.parametrize("address", ["a b@customer.test", "x@y.test\r\nBcc: z@evil.test", "<x@y.test>",

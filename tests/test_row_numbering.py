@@ -1,5 +1,9 @@
-"""db's numbering of new rows on SQLite: a flush's new rows get the ids SQLite would have
-chosen, in the order they were added, so each table's rows are one executemany."""
+"""db's handling of the rows a session holds unwritten, as intake's batches use it.
+
+Numbering on SQLite: a flush's new rows get the ids SQLite would have chosen, in the order
+they were added, so each table's rows are one executemany. ``pending``: the rows added and
+not yet written, which intake's lookups read instead of flushing a batch early; kept by
+class as they are added, they leave when written or taken away."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from maild.db import make_engine, make_sessionmaker
+from maild.db import get_unflushed, make_engine, make_sessionmaker, pending
 
 
 class _Base(DeclarativeBase):
@@ -18,6 +22,12 @@ class _Base(DeclarativeBase):
 
 class Note(_Base):
     __tablename__ = "t_note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str]
+
+
+class Tag(_Base):
+    __tablename__ = "t_tag"
     id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str]
 
@@ -60,3 +70,54 @@ def test_a_row_deleted_from_the_end_gives_its_number_again_as_sqlite_would(engin
         session.add(Note(text="c"))
         session.commit()
         assert [text for _, text in _stored(session)] == ["a", "c"]
+
+
+def _texts(rows: Iterator[Note] | Iterator[Tag]) -> list[str]:
+    return [row.text for row in rows]
+
+
+def test_pending_rows_by_class_in_the_order_added_until_written(engine: sa.Engine) -> None:
+    with make_sessionmaker(engine).begin() as session:
+        session.add_all([Note(text="a"), Tag(text="t"), Note(text="b")])
+        assert _texts(pending(session, Note)) == ["a", "b"]
+        assert _texts(pending(session, Tag)) == ["t"]
+        assert len(list(pending(session, object))) == 3, "a base class finds its subclasses' rows"
+        session.flush()
+        assert list(pending(session, Note)) == [], "written"
+        session.add(Note(text="c"))
+        assert _texts(pending(session, Note)) == ["c"], "a row added after a flush is pending again"
+
+
+def test_a_row_taken_away_is_no_longer_pending(engine: sa.Engine) -> None:
+    with make_sessionmaker(engine).begin() as session:
+        kept, dropped = Note(text="kept"), Note(text="dropped")
+        session.add_all([kept, dropped])
+        session.expunge(dropped)
+        assert _texts(pending(session, Note)) == ["kept"]
+        session.flush()
+        savepoint = session.begin_nested()
+        session.add(Note(text="rolled back"))
+        assert _texts(pending(session, Note)) == ["rolled back"]
+        savepoint.rollback()
+        assert list(pending(session, Note)) == []
+        session.add(Note(text="after"))
+        assert _texts(pending(session, Note)) == ["after"]
+    with make_sessionmaker(engine)() as session:
+        session.add(Note(text="never"))
+        session.rollback()
+        assert list(pending(session, Note)) == []
+
+
+def test_get_unflushed_finds_a_pending_row_without_a_flush(engine: sa.Engine) -> None:
+    with make_sessionmaker(engine).begin() as session:
+        stored = Note(id=1, text="stored")
+        session.add(stored)
+        session.flush()
+        fresh = Note(id=2, text="fresh")
+        session.add(fresh)
+        flushes: list[int] = []
+        sa.event.listen(session, "before_flush", lambda *_a: flushes.append(1))
+        assert get_unflushed(session, Note, 2) is fresh
+        assert get_unflushed(session, Note, 1) is stored
+        assert get_unflushed(session, Note, 3) is None
+        assert flushes == [], "nothing flushed to find them"

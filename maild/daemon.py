@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("maild.daemon")
 
+
 class Daemon:
     """``maild run``: start everything, wait for a signal, stop cleanly."""
 

@@ -75,14 +75,13 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.app.config
+        # Made (and its library imported) before the health endpoint answers: from then on
+        # the listener is only a bind away, as a client that waits for /healthz expects.
+        listener = self._smtp_listener() if cfg.intake.smtp.enabled else None
         self._start_http()  # first: a port already taken stops the daemon before it takes any mail
-        if cfg.intake.smtp.enabled:
-            from maild.intake.smtp import IntakeController, IntakeHandler
-
-            handler = IntakeHandler(cfg, self.app.registry, self.app.factory, on_stored=self.intake.poke,
-                                    clock=self.app.clock, lmtp=cfg.intake.smtp.protocol == "lmtp")
-            self._listener = IntakeController(handler, cfg)
-            self._listener.start()
+        if listener is not None:
+            self._listener = listener
+            listener.start()
             log.info("listening for %s on %s:%d", cfg.intake.smtp.protocol.upper(), cfg.intake.smtp.host,
                      cfg.intake.smtp.port)
         # Before any runner claims: what a killed predecessor held is free again at once.
@@ -110,6 +109,14 @@ class Daemon:
         metrics.activate(None)
         self.stopped.set()
         log.info("maild stopped")
+
+    def _smtp_listener(self) -> IntakeController:
+        from maild.intake.smtp import IntakeController, IntakeHandler
+
+        cfg = self.app.config
+        handler = IntakeHandler(cfg, self.app.registry, self.app.factory, on_stored=self.intake.poke,
+                                clock=self.app.clock, lmtp=cfg.intake.smtp.protocol == "lmtp")
+        return IntakeController(handler, cfg)
 
     def _start_http(self) -> None:
         from maild import httpd

@@ -367,8 +367,6 @@ def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
 # they do not flush the session, so they do not see the rows of the batch's earlier
 # messages that are still pending there (a batch is flushed once, at its end, see
 # maild.processing): their callers add those (``db.pending``).
-_DUPLICATE = (select(Activity.case_id)
-              .where(Activity.message_id == bindparam("message_id"), Activity.kind == INCOMING_EMAIL).limit(1))
 _DUPLICATES_OF = select(Activity.message_id, Activity.case_id).where(
     Activity.message_id.in_(bindparam("message_ids", expanding=True)), Activity.kind == INCOMING_EMAIL)
 _AUTO_ANSWERS = (ACKNOWLEDGEMENT, REFUSAL)  # every automatic answer counts towards the limit
@@ -388,9 +386,9 @@ def _duplicate_case(session: Session, message_id: str | None) -> int | None:
         if row.message_id == message_id and row.kind == INCOMING_EMAIL:
             return row.case_id
     known: dict[str, int | None] | None = session.info.get(_DUPLICATES)
-    if known is not None and message_id in known:
-        return known[message_id]
-    return session.connection().execute(_DUPLICATE, {"message_id": message_id}).scalar()
+    if known is None or message_id not in known:  # not looked up with its batch, or flushed since
+        known = _stored_duplicates(session, [message_id])
+    return known[message_id]
 
 
 def _stored_duplicates(session: Session, message_ids: list[str]) -> dict[str, int | None]:
@@ -398,7 +396,7 @@ def _stored_duplicates(session: Session, message_ids: list[str]) -> dict[str, in
     found: dict[str, int | None] = dict.fromkeys(message_ids)
     if message_ids:
         for message_id, case_id in session.connection().execute(_DUPLICATES_OF, {"message_ids": message_ids}):
-            if message_id is not None and found.get(message_id) is None:  # any one of them, as _DUPLICATE
+            if message_id is not None and found.get(message_id) is None:  # any one: recorded once, as a rule
                 found[message_id] = case_id
     return found
 

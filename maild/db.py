@@ -133,7 +133,7 @@ def hold(session: Session, objects: Iterable[object]) -> None:
 
 
 def pending(session: Session, kind: type[T]) -> Iterator[T]:
-    """The ``kind`` rows added to ``session`` and not yet written, in the order added.
+    """The ``kind`` rows added to ``session`` and not yet written, each class's in the order added.
 
     Intake writes a batch's rows once, at its end; lookups that must see what the batch's
     earlier messages made read these instead of flushing (a flush per lookup, of the batch

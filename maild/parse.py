@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import Message
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
 import mailparser  # type: ignore[import-untyped, unused-ignore]
 import nh3
 from mailparser_reply import EmailMessage as ReplyText  # type: ignore[import-untyped, unused-ignore]
-from mailparser_reply import EmailReply  # type: ignore[import-untyped, unused-ignore]
 
 from maild.errors import ParseError
 from maild.msgids import normalise_message_id, split_message_ids
@@ -294,16 +294,47 @@ def _strip_quoted(text: str) -> str:
     if interleaved is not None:
         return interleaved
     head = text[:_STRIP_LIMIT]
-    message = ReplyText(text=head, languages=list(_REPLY_LANGUAGES))  # normalises the text, finds nothing yet
-    if _may_hold_quote_header(message.text):
-        message.read()
-    else:  # what read() finds, without its ~2 ms regular expression over every line: one reply
-        message.replies = [EmailReply(content=message.text)]
-    if len(text) > len(head) and len(message.replies) < 2:
+    normalised = ReplyText(text=head, languages=list(_REPLY_LANGUAGES)).text
+    # What read() finds, without its regular expression over every line, when no line can
+    # start a quote header (most new messages): one reply, the text itself.
+    latest, more = _first_reply(normalised) if _may_hold_quote_header(normalised) else (normalised.strip(), False)
+    if len(text) > len(head) and not more:
         # No quote header in the head: the whole long text is the latest reply.
         return text
-    latest = message.latest_reply
-    return latest if isinstance(latest, str) and latest else text
+    return latest or text
+
+
+def _first_reply(text: str) -> tuple[str, bool]:
+    """The first reply mailparser_reply's ``read()`` would give for its normalised ``text``,
+    and whether another follows it.
+
+    ``read()`` finds every quote header of the whole text first, then runs two more
+    expressions (signatures, disclaimers) over every part, and intake keeps only the first
+    part: for a reply above a long quote that was most of parsing it (about 1.4 ms of a
+    2.3 ms parse). This reads the headers in order, as ``read()`` lists them (each match's
+    non-empty groups, each found by its text from where the part before it began), and stops
+    at the first that closes a non-empty part. Tested against ``read()``."""
+    current = 0
+    for match in _quote_header_regex().finditer(text):
+        for header in match.groups():
+            if not header:
+                continue
+            position = text.find(header, current + 1 if current > 0 else current)
+            part = text[current:position].strip()
+            current = position if position >= 0 else 0
+            if part:
+                return part, True
+    return text[current:].strip(), False
+
+
+@lru_cache(maxsize=1)
+def _quote_header_regex() -> re.Pattern[str]:
+    """mailparser_reply's quote-header expression for our languages, built once (its
+    property joins thirteen languages' patterns for every message)."""
+    pattern: re.Pattern[str] = ReplyText(text="", languages=list(_REPLY_LANGUAGES)).HEADER_REGEX
+    # read() flattens each match's groups; with fewer than two, findall would give strings.
+    assert pattern.groups > 1, "mailparser_reply's header expression has changed shape"
+    return pattern
 
 
 def _may_hold_quote_header(text: str) -> bool:

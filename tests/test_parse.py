@@ -19,6 +19,7 @@ from maild.parse import (
     _REPLY_LANGUAGES,
     Address,
     ParsedMail,
+    _first_reply,
     _may_hold_quote_header,
     _strip_quoted,
     normalise_message_id,
@@ -381,6 +382,49 @@ def test_a_letter_without_quote_headers_skips_the_reply_parser(monkeypatch: pyte
     for text in PLAIN_LETTERS:
         assert not _may_hold_quote_header(ReplyText(text=text).text)
         assert _strip_quoted(text)
+
+
+def _by_reader(text: str) -> tuple[str, bool]:
+    """What mailparser_reply's read() gives: the first reply, and whether more follow."""
+    message = ReplyText(text=text, languages=list(_REPLY_LANGUAGES))
+    message.read()
+    return message.latest_reply, len(message.replies) > 1
+
+
+FIRST_REPLY_TEXTS = [
+    *PLAIN_LETTERS,
+    *(f"Thanks!\n\n{h}\n> old" for h in QUOTE_HEADERS),
+    *(f"{h}\n> only a quote" for h in QUOTE_HEADERS),  # a header on the first line: that part is empty
+    *(f"   \n\n{h}\nold\n\n{QUOTE_HEADERS[0]}\nolder" for h in QUOTE_HEADERS),  # a blank first part
+    "New text.\n\n-----Original Message-----\nFrom: A <a@x.test>\nSent: Monday\n\nold\n"
+    "-----Original Message-----\nolder",
+    "Same header twice.\n" + QUOTE_HEADERS[0] + "\nold\n" + QUOTE_HEADERS[0] + "\nolder",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", FIRST_REPLY_TEXTS)
+def test_the_first_reply_is_what_the_reply_parser_reads(text: str) -> None:
+    normalised = ReplyText(text=text, languages=list(_REPLY_LANGUAGES)).text
+    assert _first_reply(normalised) == _by_reader(normalised)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([*QUOTE_HEADERS, "text", "", "  ", "> quoted", "Regards,\nJane", "wrote:",
+                                 "From: x", "-----"]), max_size=8))
+def test_the_first_reply_matches_the_reply_parser_on_any_mix(lines: list[str]) -> None:
+    normalised = ReplyText(text="\n".join(lines), languages=list(_REPLY_LANGUAGES)).text
+    assert _first_reply(normalised) == _by_reader(normalised)
+
+
+def test_stripping_a_quote_never_runs_the_whole_reply_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    # read() ran two more expressions over every part and found every header of the text,
+    # for the first part only: most of the cost of parsing a reply.
+    def fail(self: object) -> None:
+        raise AssertionError("the reply parser's read() ran")
+
+    monkeypatch.setattr(ReplyText, "read", fail)
+    assert _strip_quoted(f"Thanks!\n\n{QUOTE_HEADERS[0]}\n> old text") == "Thanks!"
 
 
 # --- attachments ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from conftest import Env, Mailbox, mail
@@ -130,3 +131,84 @@ def test_oauth2_token_command_prints_the_access_token() -> None:
         oauth2_token("true")
     with pytest.raises(ConfigError, match="token_command failed"):
         oauth2_token("/nonexistent/oauth-helper")
+
+
+def _app(env: Env):  # type: ignore[no-untyped-def]
+    from maild import config
+    from maild.app import App
+
+    app = App(config.load(env.config))
+    app.prepare()
+    return app
+
+
+def test_a_poll_hands_each_chunk_over_once_it_is_stored_and_moved(make_env, mailbox: Mailbox) -> None:  # type: ignore[no-untyped-def]
+    from maild.daemon import make_pollers
+    from maild.models import InboundMessage
+
+    env: Env = make_env(extra=mailbox.toml(batch=3))
+    mailbox.append(*(mail(subject=f"chunk {i}") for i in range(7)))
+    app = _app(env)
+    seen: list[tuple[int, int, int]] = []
+
+    def between(count: int) -> None:  # new messages, stored rows, left in the INBOX
+        with app.factory() as session:
+            stored = session.scalar(sa.select(sa.func.count()).select_from(InboundMessage))
+        seen.append((count, int(stored or 0), len(mailbox.uids("INBOX"))))
+
+    [poller] = make_pollers(app)
+    try:
+        assert poller.run_once(between_chunks=between) == 7
+    finally:
+        poller.close()
+        app.close()
+    assert seen == [(3, 3, 4), (3, 6, 1), (1, 7, 0)]
+
+
+def test_a_failure_between_chunks_is_not_the_mailbox_s(make_env, mailbox: Mailbox) -> None:  # type: ignore[no-untyped-def]
+    # What runs between chunks (run --once writing cases) is outside the poll's error
+    # handling: a disk error there must reach the caller, not mark the mailbox as failing.
+    from maild.daemon import make_pollers
+
+    env: Env = make_env(extra=mailbox.toml(batch=2))
+    mailbox.append(*(mail(subject=f"chunk {i}") for i in range(4)))
+    app = _app(env)
+
+    def broken(count: int) -> None:
+        raise OSError("No space left on device")
+
+    [poller] = make_pollers(app)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            poller.run_once(between_chunks=broken)
+        assert poller.failures == 0
+    finally:
+        poller.close()
+        app.close()
+    [box] = env.json("mailboxes", "list")
+    assert box["status"] != "failing" and not box["last_error"]
+    assert len(mailbox.uids("INBOX")) == 2, "the first chunk was stored and moved; the next poll takes the rest"
+    assert "processed 4 inbound" in env.ok("run", "--once")
+
+
+def test_run_once_writes_cases_while_the_mailbox_is_still_being_fetched(make_env, mailbox: Mailbox) -> None:  # type: ignore[no-untyped-def]
+    # Polling a whole mailbox before writing any of it left the parse worker idle during
+    # the poll. The first cases are written, a batch behind the poll, before its last chunk.
+    from maild.daemon import run_once
+    from maild.models import InboundMessage
+    from maild.transport import MemoryTransport
+
+    env: Env = make_env(extra=mailbox.toml(batch=5))
+    env.config.write_text(env.config.read_text().replace("[intake]\n", "[intake]\nbatch = 5\n", 1))
+    mailbox.append(*(mail(subject=f"behind {i}", sender=f"c{i}@customer.test") for i in range(30)))
+    app = _app(env)
+    try:
+        assert run_once(app, MemoryTransport()) == (30, 30)
+        with app.factory() as session:
+            rows = session.execute(sa.select(InboundMessage.received_at, InboundMessage.processed_at)).all()
+    finally:
+        app.close()
+    last_stored = max(received for received, _ in rows)
+    assert all(processed is not None for _, processed in rows)
+    assert sum(1 for _, processed in rows if processed < last_stored) >= 15
+    assert len(_cases(env)) == 30

@@ -24,7 +24,7 @@ import shlex
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -142,18 +142,28 @@ class ImapPoller(Runner):
 
     # Runner interface -------------------------------------------------------
 
-    def run_once(self) -> int:
-        """One poll; returns how many new messages were stored (0 also when not ours to poll)."""
+    def run_once(self, between_chunks: Callable[[int], None] = lambda stored: None) -> int:
+        """One poll; returns how many new messages were stored (0 also when not ours to poll).
+
+        ``between_chunks(n)`` runs after each fetched chunk is stored (``n`` new messages)
+        and done with on the server, outside the poll's error handling: ``maild run --once``
+        writes cases there while the poll waits (see maild.daemon)."""
         if not self.claim_mailbox():
             return 0
-        try:
-            result = self.poll()
-        except MailboxError as exc:
-            self._failed(str(exc))
-            return 0
-        except NETWORK_ERRORS as exc:
-            self._failed(f"connection to {self.cfg.host} lost: {_text(exc)}")
-            return 0
+        chunks = self.poll()
+        while True:
+            try:
+                stored = next(chunks)
+            except StopIteration as done:
+                result: PollResult = done.value
+                break
+            except MailboxError as exc:
+                self._failed(str(exc))
+                return 0
+            except NETWORK_ERRORS as exc:
+                self._failed(f"connection to {self.cfg.host} lost: {_text(exc)}")
+                return 0
+            between_chunks(stored)
         self.failures = 0
         self._record(success=True, backlog=result.backlog)
         return result.stored
@@ -218,7 +228,9 @@ class ImapPoller(Runner):
             log.info("%s: connected to %s:%d as %s", self.name, self.cfg.host, self.cfg.effective_port, self.cfg.user)
         return self.client
 
-    def poll(self) -> PollResult:
+    def poll(self) -> Generator[int, None, PollResult]:
+        """Store what is new, a chunk at a time: yields each chunk's new messages once the
+        chunk is stored and acknowledged to the server; returns the whole poll's counts."""
         client = self.connection()
         try:
             selected = client.select_folder(self.cfg.folder)
@@ -233,9 +245,10 @@ class ImapPoller(Runner):
             if self.stopping.is_set():
                 break
             batch = self._store(client, chunk, uidvalidity)
-            stored += sum(1 for _, dup in batch if not dup)
-            duplicates += sum(1 for _, dup in batch if dup)
+            new = sum(1 for _, dup in batch if not dup)
+            stored, duplicates = stored + new, duplicates + len(batch) - new
             self.after_processing(client, [uid for uid, _ in batch], uidvalidity)
+            yield new
         return PollResult(stored, duplicates, max(len(uids) - stored - duplicates, 0))
 
     def _sync_uidvalidity(self, uidvalidity: int) -> int:

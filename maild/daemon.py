@@ -17,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from maild import config as config_mod
-from maild import escalation, metrics
+from maild import escalation, health, metrics
 from maild.app import App, load_rules, required_templates
 from maild.cases import IntakeContext
 from maild.db import is_postgres
@@ -65,6 +65,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._listener: IntakeController | None = None
         self._http: HttpServer | None = None
+        self.phase = health.STARTING  # what /healthz says besides its checks (see maild.health)
         self.stopped = threading.Event()
 
     def _context(self) -> IntakeContext:
@@ -75,13 +76,13 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.app.config
-        # Made (and its library imported) before the health endpoint answers: from then on
-        # the listener is only a bind away, as a client that waits for /healthz expects.
-        listener = self._smtp_listener() if cfg.intake.smtp.enabled else None
-        self._start_http()  # first: a port already taken stops the daemon before it takes any mail
-        if listener is not None:
-            self._listener = listener
-            listener.start()
+        # HTTP first: a port already taken stops the daemon before it takes any mail. Its
+        # /healthz says "starting" until the end of this method, so a client that waits for
+        # it finds the SMTP listener bound and the runners running.
+        self._start_http()
+        if cfg.intake.smtp.enabled:
+            self._listener = self._smtp_listener()
+            self._listener.start()
             log.info("listening for %s on %s:%d", cfg.intake.smtp.protocol.upper(), cfg.intake.smtp.host,
                      cfg.intake.smtp.port)
         # Before any runner claims: what a killed predecessor held is free again at once.
@@ -91,11 +92,13 @@ class Daemon:
             t.start()
             self._threads.append(t)
         # Mail queued by another process (maild inject) is picked up by the poll interval.
+        self.phase = health.RUNNING
         log.info("maild started as worker %s: %d queue(s), %d IMAP mailbox(es), outgoing via %s",
                  self.presence.worker_id, len(cfg.queues), len(self.pollers), cfg.outgoing.transport)
 
     def stop(self) -> None:
         """Stop taking mail first, then let each runner finish the item in hand."""
+        self.phase = health.STOPPING
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -121,7 +124,7 @@ class Daemon:
     def _start_http(self) -> None:
         from maild import httpd
 
-        served = httpd.serve(self.app)
+        served = httpd.serve(self.app, phase=lambda: self.phase)
         if served is not None:
             counters, self._http = served
             metrics.activate(counters)

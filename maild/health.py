@@ -22,28 +22,36 @@ from maild.errors import TemporaryFailure
 from maild.models import MailboxState, Queue
 
 
+STARTING, RUNNING, STOPPING = "starting", "running", "stopping"
+
+
 @dataclass
 class Health:
     problems: list[str] = field(default_factory=list)
     mailboxes: dict[str, dict[str, Any]] = field(default_factory=dict)
     database: str = "ok"
+    # The daemon's: "starting" until every listener is bound and every runner runs,
+    # "stopping" from when it stops taking mail. Only a running daemon is ok.
+    phase: str = RUNNING
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.phase == RUNNING
 
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": "ok" if self.ok else "failing", "database": self.database,
-                                "mailboxes": self.mailboxes}
+        status = "ok" if self.ok else "failing" if self.problems else self.phase
+        body: dict[str, Any] = {"status": status, "database": self.database, "mailboxes": self.mailboxes}
         if self.problems:
             body["problems"] = self.problems
         return body
 
 
 def check(factory: sessionmaker[Session], engine: Engine, config: Config, started_at: datetime,
-          now: datetime) -> Health:
-    """Check the database and the mailboxes; ``started_at`` is the grace period for a first poll."""
-    health = Health()
+          now: datetime, *, phase: str = RUNNING) -> Health:
+    """Check the database and the mailboxes; ``started_at`` is the grace period for a first poll.
+    ``phase``: the daemon's (see Health); a client that waits for /healthz before it connects
+    must find every listener bound, and a balancer must stop sending to a daemon that stops."""
+    health = Health(phase=phase)
     missing = _sqlite_file_missing(engine)
     if missing:  # checked first: a new connection would create an empty database in its place
         health.database = missing
@@ -52,7 +60,7 @@ def check(factory: sessionmaker[Session], engine: Engine, config: Config, starte
     try:
         with transaction(factory) as session:
             states = {name: state for name, state in session.execute(
-                select(Queue.name, MailboxState).join(MailboxState, MailboxState.queue_id == Queue.id)).tuples()}
+                select(Queue.name, MailboxState).join(MailboxState, MailboxState.queue_id == Queue.id))}
     except (SQLAlchemyError, TemporaryFailure) as exc:
         health.database = _first_line(exc)
         health.problems.append(f"database unreachable: {health.database}")

@@ -44,8 +44,9 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # one line per scrape every few seconds is noise; errors still reach the log
 
 
-def serve(app: App) -> tuple[Metrics, HttpServer] | None:
-    """The daemon's metrics and its (bound, not yet started) server; None when ``[metrics] listen`` is unset."""
+def serve(app: App, phase: Callable[[], str] = lambda: health.RUNNING) -> tuple[Metrics, HttpServer] | None:
+    """The daemon's metrics and its (bound, not yet started) server; None when ``[metrics] listen`` is unset.
+    ``phase``: the daemon's (health.STARTING, RUNNING, STOPPING); /healthz is ok only while running."""
     cfg = app.config
     if cfg.metrics.listen is None:
         return None
@@ -53,7 +54,7 @@ def serve(app: App) -> tuple[Metrics, HttpServer] | None:
     started_at = app.clock()
 
     def current() -> Health:
-        return health.check(app.factory, app.engine, cfg, started_at, app.clock())
+        return health.check(app.factory, app.engine, cfg, started_at, app.clock(), phase=phase())
 
     host, port = listen_address(cfg.metrics.listen)
     return metrics, HttpServer(host, port, application(metrics.registry, current))
@@ -70,7 +71,7 @@ def application(registry: CollectorRegistry, check: Callable[[], Health]) -> WSG
             return _metrics(metrics_app, environ, start_response)
         if path == "/healthz":
             result = check()
-            if result.ok != was_ok[0]:
+            if result.ok != was_ok[0] and result.phase == health.RUNNING:
                 was_ok[0] = result.ok
                 log.log(logging.INFO if result.ok else logging.WARNING, "health: %s",
                         "ok again" if result.ok else "failing: " + "; ".join(result.problems))

@@ -283,3 +283,54 @@ def test_sla_warnings_and_breaches_are_counted_per_queue(make_env, tmp_path: Pat
     assert counted.registry.get_sample_value("maild_messages_processed_total",
                                              {"queue": "support", "outcome": "created"}) == 1
     assert counted.registry.get_sample_value("maild_inbound_messages", {"queue": "support", "state": "received"}) == 0
+
+
+def test_healthz_is_ok_only_while_the_daemon_runs(make_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # /healthz answers from the daemon's first moment (a port conflict should stop it before
+    # it takes mail), but a client waiting for it must find the SMTP port open, and a
+    # balancer must stop sending to a daemon on its way out: "starting" and "stopping" (503).
+    import smtplib
+    import threading
+
+    from maild import config as config_mod
+    from maild.app import App
+    from maild.daemon import Daemon
+    from maild.intake.smtp import IntakeController
+    from maild.transport import MemoryTransport
+
+    port = free_port()
+    env: Env = make_env(smtp_enabled="true", extra=metrics_toml(port))
+    gate = threading.Event()
+    for name in ("start", "stop"):  # each holds the daemon at its listener until the gate opens
+        original = getattr(IntakeController, name)
+
+        def held(self: IntakeController, original: Callable[[IntakeController], None] = original) -> None:
+            assert gate.wait(30), "the test never opened the gate"
+            original(self)
+
+        monkeypatch.setattr(IntakeController, name, held)
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    daemon = Daemon(app, MemoryTransport())
+    try:
+        starting = threading.Thread(target=daemon.start)
+        starting.start()
+        assert wait_health(port, 503, 10)["status"] == "starting"
+        with pytest.raises(OSError):
+            smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=2)
+        gate.set()
+        starting.join(30)
+        assert wait_health(port, 200, 10)["status"] == "ok"
+        smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10).quit()  # open by the time /healthz said ok
+        gate.clear()
+        stopping = threading.Thread(target=daemon.stop)
+        stopping.start()
+        assert wait_health(port, 503, 10)["status"] == "stopping"
+        gate.set()
+        stopping.join(30)
+        assert daemon.stopped.is_set()
+    finally:
+        gate.set()
+        if not daemon.stopped.is_set():
+            daemon.stop()
+        app.close()

@@ -26,7 +26,7 @@ from maild.errors import ConfigError
 from maild.intake.imap import ImapPoller
 from maild.liveness import Presence, ReaperRunner, presence_for, reap, worker_id
 from maild.parsepool import parser_for
-from maild.processing import IntakeRunner, batch_for
+from maild.processing import AHEAD, IntakeRunner, batch_for
 from maild.reportmail import ReportMailRunner
 from maild.runner import Runner
 from maild.sla import SlaRunner
@@ -232,9 +232,9 @@ class _Behind:
 
     Polling a whole mailbox before writing any of it left the parse worker idle for the
     poll, and the writer then waited on it (a quarter of its time, on a 10,000-message
-    mailbox). Written between the poll's chunks, with the last stored batch left claimed
-    (IntakeRunner parses the batch after the one it writes in a worker), that batch is
-    parsed while the poll fetches and stores the next chunk."""
+    mailbox). Written between the poll's chunks, with the last stored batches left claimed
+    (IntakeRunner parses the batches after the one it writes in a worker), those are parsed
+    while the poll fetches and stores the next chunk."""
 
     def __init__(self, intake: IntakeRunner) -> None:
         self.intake = intake
@@ -243,7 +243,8 @@ class _Behind:
 
     def stored(self, count: int) -> None:
         self.waiting += count
-        while self.waiting >= 2 * self.intake.batch:  # one batch to write, a whole one left to parse
+        # One batch to write, and whole ones left to parse (processing.AHEAD) meanwhile.
+        while self.waiting >= (AHEAD + 1) * self.intake.batch:
             written = self.intake.run_once()
             if written == 0:
                 return

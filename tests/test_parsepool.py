@@ -19,7 +19,7 @@ from maild import inbound
 from maild.app import App
 from maild.errors import ParseError
 from maild.parsepool import GIVE_UP_AFTER, POOL_FROM, Parser, Worker, parse_one, usable_cpus
-from maild.processing import IntakeRunner
+from maild.processing import AHEAD, IntakeRunner
 
 BACKLOG = 2 * POOL_FROM + 5
 
@@ -98,7 +98,8 @@ def test_a_backlog_drains_into_one_case_per_message(env: Env, app: App) -> None:
     intake = runner(app)
     try:
         assert intake.run_once() == POOL_FROM
-        assert claimed_rows(env) == POOL_FROM, "the next batch is claimed and parsing while this one is written"
+        # The next batches, AHEAD of them, are claimed and parsing while this one is written.
+        assert AHEAD == 2 and claimed_rows(env) == min(AHEAD * POOL_FROM, BACKLOG - POOL_FROM) == 15
         while intake.run_once():
             pass
     finally:
@@ -108,13 +109,25 @@ def test_a_backlog_drains_into_one_case_per_message(env: Env, app: App) -> None:
     assert env.count("SELECT count(DISTINCT case_id) FROM inbound_message") == BACKLOG
 
 
-def test_stopping_hands_back_the_batch_claimed_ahead(env: Env, app: App) -> None:
+def test_stopping_hands_back_the_batches_claimed_ahead(env: Env, app: App) -> None:
     intake = runner(app)
     intake.run_once()
     intake.close()
     assert claimed_rows(env) == 0, "another worker may take them at once"
     IntakeRunner(app.factory, app.intake_context, batch=BACKLOG).run_once()
     assert env.count("SELECT count(*) FROM cases") == BACKLOG
+
+
+def test_a_runner_told_to_stop_hands_back_what_it_claimed(env: Env, app: App) -> None:
+    intake = runner(app)
+    try:
+        assert intake.run_once() == POOL_FROM
+        assert claimed_rows(env) == BACKLOG - POOL_FROM
+        intake.stop()
+        assert intake.run_once() == 0
+        assert claimed_rows(env) == 0, "the batch in hand and every batch claimed ahead are free again"
+    finally:
+        intake.close()
 
 
 def test_a_parser_process_that_dies_costs_no_message(env: Env, app: App) -> None:

@@ -1,7 +1,7 @@
 """The intake runner: claim stored inbound messages, parse them, and hand them to cases.apply.
 
-Parsing happens outside the write transaction. With a backlog, the next batch is claimed
-before the current one is written and parsed meanwhile in a worker process
+Parsing happens outside the write transaction. With a backlog, the next batches (AHEAD)
+are claimed before the current one is written and parsed meanwhile in a worker process
 (maild.parsepool, `intake.parse_workers`), so parsing and writing use two CPUs. The claimed
 batch is written in one transaction: one commit (one fsync) per batch instead of per
 message. Whatever goes wrong with one message must cost only that message, which is
@@ -112,11 +112,17 @@ class IntakeRunner(Runner):
             return 0
         if not items:
             return 0
-        while pending.in_worker and len(self._ahead) < AHEAD and (not self._ahead or self._ahead[-1][0]):
-            self._ahead.append(self._claim(ctx))
+        if pending.in_worker:
+            self._claim_ahead(ctx)
         self.process_batch(items, ctx, pending.result())
         self.on_processed()
         return len(items)
+
+    def _claim_ahead(self, ctx: IntakeContext) -> None:
+        """Claim batches up to AHEAD, for the worker to parse while this one is written;
+        none after one that came back empty (the backlog is all claimed)."""
+        while len(self._ahead) < AHEAD and (not self._ahead or self._ahead[-1][0]):
+            self._ahead.append(self._claim(ctx))
 
     def close(self) -> None:
         """Hand back the batches claimed ahead, and stop the parser's workers."""

@@ -43,15 +43,56 @@ class Claimed:
     received_at: datetime | None = None  # for the processing-latency metric
 
 
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+# Where the header block ends. Not r"\r?\n\r?\n", which ends in the same place: a pattern that
+# starts with a literal is searched for in C, one with an optional start tried at every
+# byte (20 µs of a message with a 3 KB header block, against 2).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
 def header_message_id(raw: bytes) -> str | None:
     """The Message-ID from the header block only: cheap enough to run before the commit."""
     end = _BLANK_LINE.search(raw)  # the parser would read (and keep) the whole body too
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:end.end()] if end else raw)
-    value = headers.get("Message-ID")
+    block = raw[:end.end()] if end else raw
+    plain, value = _plain_message_id(block)
+    if not plain:
+        value = BytesHeaderParser(policy=compat32).parsebytes(block).get("Message-ID")
     return normalise_message_id(str(value)) if value else None
+
+
+def _plain_message_id(block: bytes) -> tuple[bool, str | None]:
+    """(True, what the email package's compat32 parser gives as the first Message-ID) for a
+    plain header block: ASCII, CRLF or LF line ends, every line a field or the fold of one.
+    (False, None) for anything else, which the parser itself reads.
+
+    Parsing every header of every stored message (a dozen Received lines and all) to read
+    one was a third of storing a fetched message: about 50 µs of the poller's main thread,
+    where going through the lines takes 15."""
+    if not block.isascii() or _LONE_CR.search(block):
+        return False, None
+    lines = block.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line in (b"\r\n", b"\n"):  # the blank line that ends the block
+            return True, None
+        field = _FIELD.match(line)
+        if field is None:  # a fold before any field, an envelope "From " line, a line without a colon
+            return False, None
+        end = i + 1
+        while end < len(lines) and lines[end][:1] in (b" ", b"\t"):  # its folds
+            end += 1
+        if field.group(1).lower() == b"message-id":
+            # compat32: the value after the colon, its leading blanks gone, its folds kept
+            # as they are, and the last line end dropped.
+            value = (line[field.end():].lstrip(b" \t") + b"".join(lines[i + 1:end])).rstrip(b"\r\n")
+            return True, value.decode("ascii")
+        i = end
+    return True, None
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+# A field's first line: its name (printable ASCII but the colon) and the colon.
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+):")
 
 
 def add(

@@ -55,8 +55,15 @@ def header_message_id(raw: bytes) -> str | None:
     block = raw[:end.end()] if end else raw
     plain, value = _plain_message_id(block)
     if not plain:
-        value = BytesHeaderParser(policy=compat32).parsebytes(block).get("Message-ID")
-    return normalise_message_id(str(value)) if value else None
+        value = parsed_message_id(block)
+    return normalise_message_id(value) if value else None
+
+
+def parsed_message_id(block: bytes) -> str | None:
+    """What the email package's compat32 parser gives as a header block's first Message-ID:
+    the reading of every block that is not plain, and what the plain reading must equal."""
+    value = BytesHeaderParser(policy=compat32).parsebytes(block).get("Message-ID")
+    return str(value) if value else None
 
 
 def _plain_message_id(block: bytes) -> tuple[bool, str | None]:

@@ -203,6 +203,16 @@ class Env:
     def inject(self, raw: bytes, *extra: str) -> str:
         return self.ok("inject", *extra, input=raw)
 
+    def app(self) -> Any:
+        """The installation as ``maild run`` loads it: config read, schema checked, queues
+        and agents written. The caller closes it."""
+        from maild import config
+        from maild.app import App
+
+        app = App(config.load(self.config))
+        app.prepare()
+        return app
+
     def engine(self) -> sa.Engine:
         from maild.db import make_engine
 

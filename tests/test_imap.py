@@ -133,22 +133,13 @@ def test_oauth2_token_command_prints_the_access_token() -> None:
         oauth2_token("/nonexistent/oauth-helper")
 
 
-def _app(env: Env):  # type: ignore[no-untyped-def]
-    from maild import config
-    from maild.app import App
-
-    app = App(config.load(env.config))
-    app.prepare()
-    return app
-
-
 def test_a_poll_hands_each_chunk_over_once_it_is_stored_and_moved(make_env, mailbox: Mailbox) -> None:  # type: ignore[no-untyped-def]
     from maild.daemon import make_pollers
     from maild.models import InboundMessage
 
     env: Env = make_env(extra=mailbox.toml(batch=3))
     mailbox.append(*(mail(subject=f"chunk {i}") for i in range(7)))
-    app = _app(env)
+    app = env.app()
     seen: list[tuple[int, int, int]] = []
 
     def between(count: int) -> None:  # new messages, stored rows, left in the INBOX
@@ -172,7 +163,7 @@ def test_a_failure_between_chunks_is_not_the_mailbox_s(make_env, mailbox: Mailbo
 
     env: Env = make_env(extra=mailbox.toml(batch=2))
     mailbox.append(*(mail(subject=f"chunk {i}") for i in range(4)))
-    app = _app(env)
+    app = env.app()
 
     def broken(count: int) -> None:
         raise OSError("No space left on device")
@@ -201,7 +192,7 @@ def test_run_once_writes_cases_while_the_mailbox_is_still_being_fetched(make_env
     env: Env = make_env(extra=mailbox.toml(batch=5))
     env.config.write_text(env.config.read_text().replace("[intake]\n", "[intake]\nbatch = 5\n", 1))
     mailbox.append(*(mail(subject=f"behind {i}", sender=f"c{i}@customer.test") for i in range(30)))
-    app = _app(env)
+    app = env.app()
     try:
         assert run_once(app, MemoryTransport()) == (30, 30)
         with app.factory() as session:

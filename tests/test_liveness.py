@@ -9,18 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import Env, mail
-from maild import config as config_mod
 from maild import inbound
 from maild.app import App
 from maild.clock import utcnow
 from maild.liveness import AdvisoryPresence, SoleProcess, presence_for, reap
 from maild.processing import IntakeRunner
-
-
-def _app(env: Env) -> App:
-    app = App(config_mod.load(env.config))
-    app.prepare()
-    return app
 
 
 def _claim_as(app: App, worker: str) -> list[int]:
@@ -41,7 +34,7 @@ def test_on_sqlite_every_other_holder_is_dead(make_env) -> None:  # type: ignore
     env: Env = make_env()
     env.inject(mail(subject="one"))
     env.inject(mail(subject="two"))
-    app = _app(env)
+    app: App = env.app()
     try:
         [first] = inbound.claim(app.factory, now=utcnow(), lease=timedelta(minutes=5), max_attempts=5, limit=1,
                                 worker="gone:1")
@@ -62,7 +55,7 @@ def test_on_postgresql_a_live_worker_keeps_its_leases_and_a_dead_one_loses_them(
     env: Env = make_env()
     for i in range(4):
         env.inject(mail(subject=f"m{i}"))
-    app = _app(env)
+    app: App = env.app()
     me = presence_for(app.engine, "host-a:1")
     other = AdvisoryPresence(app.engine, "host-b:2")  # another worker, on another host
     try:
@@ -87,7 +80,7 @@ def test_a_reply_waits_for_the_message_it_answers(make_env) -> None:  # type: ig
     env: Env = make_env()
     env.inject(mail(subject="printer broken", message_id="<orig@customer.test>"))
     env.inject(mail(subject="Re: printer broken", headers={"In-Reply-To": "<orig@customer.test>"}))
-    app = _app(env)
+    app: App = env.app()
     try:
         [held] = inbound.claim(app.factory, now=utcnow(), lease=timedelta(minutes=5), max_attempts=5, limit=1,
                                worker="busy:1")  # another worker is still on the original
@@ -125,7 +118,7 @@ def test_a_reply_to_a_message_handled_earlier_in_its_batch_does_not_wait(make_en
     env: Env = make_env(rules=rules.as_posix())
     env.inject(mail(subject="Our newsletter", sender="news@news.example", message_id="<letter@news.example>"))
     env.inject(mail(subject="Re: Our newsletter", headers={"In-Reply-To": "<letter@news.example>"}))
-    app = _app(env)
+    app: App = env.app()
     try:
         assert IntakeRunner(app.factory, app.intake_context).run_once() == 2
         assert sorted(r["outcome"] for r in env.json("inbound", "list")) == ["created", "ignored"]

@@ -292,8 +292,6 @@ def test_healthz_is_ok_only_while_the_daemon_runs(make_env, monkeypatch: pytest.
     import smtplib
     import threading
 
-    from maild import config as config_mod
-    from maild.app import App
     from maild.daemon import Daemon
     from maild.intake.smtp import IntakeController
     from maild.transport import MemoryTransport
@@ -309,8 +307,7 @@ def test_healthz_is_ok_only_while_the_daemon_runs(make_env, monkeypatch: pytest.
             original(self)
 
         monkeypatch.setattr(IntakeController, name, held)
-    app = App(config_mod.load(env.config))
-    app.prepare()
+    app = env.app()
     daemon = Daemon(app, MemoryTransport())
     try:
         starting = threading.Thread(target=daemon.start)

@@ -95,22 +95,83 @@ _UTF8_QP.body_encoding = QP
 def compose(draft: Draft, message_id: str, now: datetime) -> Message:
     """The finished message. Raises ValueError if an address cannot be written safely."""
     msg = _body(draft)
-    msg["From"] = _address(draft.from_name, draft.from_addr)
-    msg["To"] = _address(draft.to_name, draft.to_addr)
-    if draft.reply_to:
-        msg["Reply-To"] = _address("", draft.reply_to)
-    msg["Subject"] = _text_header(one_line(draft.subject))
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = one_line(message_id)
-    if draft.in_reply_to:
-        msg["In-Reply-To"] = one_line(draft.in_reply_to)
-    refs = [r for r in draft.references if r] or ([draft.in_reply_to] if draft.in_reply_to else [])
-    if refs:
-        msg["References"] = one_line(" ".join(refs[-20:]))  # bounded: long threads must not grow headers forever
-    if draft.auto_submitted:
-        msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: other robots must not answer us
-        msg["X-Auto-Response-Suppress"] = "All"  # the same request, in Exchange's dialect
+    for name, value in _headers(draft, message_id, now):
+        msg[name] = value
     return msg
+
+
+def _headers(draft: Draft, message_id: str, now: datetime) -> list[tuple[str, str]]:
+    """The message's own headers, after its body's MIME headers; ValueError as compose."""
+    headers = [("From", _address(draft.from_name, draft.from_addr)), ("To", _address(draft.to_name, draft.to_addr))]
+    if draft.reply_to:
+        headers.append(("Reply-To", _address("", draft.reply_to)))
+    headers += [("Subject", _text_header(one_line(draft.subject))), ("Date", format_datetime(now)),
+                ("Message-ID", one_line(message_id))]
+    if draft.in_reply_to:
+        headers.append(("In-Reply-To", one_line(draft.in_reply_to)))
+    refs = [r for r in draft.references if r] or ([draft.in_reply_to] if draft.in_reply_to else [])
+    if refs:  # bounded: long threads must not grow headers forever
+        headers.append(("References", one_line(" ".join(refs[-20:]))))
+    if draft.auto_submitted:
+        headers.append(("Auto-Submitted", "auto-replied"))  # RFC 3834: other robots must not answer us
+        headers.append(("X-Auto-Response-Suppress", "All"))  # the same request, in Exchange's dialect
+    return headers
+
+
+def message_bytes(draft: Draft, message_id: str, now: datetime) -> bytes:
+    """The finished message on the wire: ``as_bytes(compose(...))``, byte for byte.
+
+    Without attachments (every acknowledgement and notice) it is written directly: the same
+    header values folded by the same policy, the same quoted-printable encoder, in the order
+    the email package writes them, without building and walking its objects (which cost
+    about 280 us an acknowledgement, a fifth of writing a new case). Tested equal to the
+    email package's bytes. ValueError as compose.
+    """
+    if draft.attachments:
+        return as_bytes(compose(draft, message_id, now))
+    text_head, text_body = _text_head("plain"), _qp(draft.text)
+    if draft.html:
+        boundary = _boundary()
+        head = _alternative_head(boundary)
+        body = _multipart(boundary, [text_head + b"\r\n" + text_body,
+                                     _text_head("html") + b"\r\n" + _qp(draft.html)])
+    else:
+        head, body = text_head, text_body
+    own = b"".join(_WIRE.fold_binary(name, value) for name, value in _headers(draft, message_id, now))
+    return head + own + b"\r\n" + body
+
+
+@lru_cache(maxsize=None)
+def _text_head(subtype: str) -> bytes:
+    """A text part's MIME headers, as ``_text_part`` sets them (the same for every part)."""
+    return b"".join(_WIRE.fold_binary(name, value) for name, value in [
+        ("MIME-Version", "1.0"), ("Content-Type", f'text/{subtype}; charset="utf-8"'),
+        ("Content-Transfer-Encoding", "quoted-printable")])
+
+
+def _alternative_head(boundary: str) -> bytes:
+    """multipart/alternative's headers. Its Content-Type is too long for one line, and
+    compat32's folding of it (Header.encode, 40 us) depends only on where it may break,
+    which a boundary of ``_boundary``'s shape never offers: so it is folded once, with a
+    stand-in of that shape, and the boundary put in its place."""
+    return _ALTERNATIVE_HEAD.replace(_STAND_IN, boundary.encode("ascii"))
+
+
+def _qp(text: str) -> bytes:
+    """A text part's body, as ``_text_part`` encodes it and the generator writes it."""
+    encoded = _UTF8_QP.body_encode(text.encode("utf-8")) if text else ""
+    return _NEWLINE.sub("\r\n", encoded).encode("ascii")
+
+
+def _multipart(boundary: str, parts: list[bytes]) -> bytes:
+    delimiter = f"--{boundary}".encode("ascii")
+    return delimiter + b"\r\n" + (b"\r\n" + delimiter + b"\r\n").join(parts) + b"\r\n" + delimiter + b"--\r\n"
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # the generator's: every line end is written as the policy's
+_STAND_IN = b"=_" + b"0" * 32  # the shape of _boundary's
+_ALTERNATIVE_HEAD = _WIRE.fold_binary("Content-Type", f'multipart/alternative; boundary="{_STAND_IN.decode()}"') \
+    + b"MIME-Version: 1.0\r\n"
 
 
 def as_bytes(msg: Message) -> bytes:
@@ -197,7 +258,7 @@ def enqueue(draft: Draft, *, now: datetime, case_id: int | None, domain: str | N
     its outbox row for the caller to add. Composing first means an address the email package
     refuses (ValueError) leaves nothing behind."""
     message_id = new_message_id(domain or draft.from_addr.rpartition("@")[2])
-    return outbox_row(draft, as_bytes(compose(draft, message_id, now)), message_id=message_id, now=now,
+    return outbox_row(draft, message_bytes(draft, message_id, now), message_id=message_id, now=now,
                       case_id=case_id, activity=activity)
 
 

@@ -24,7 +24,7 @@ from maild import (agentcommands, agentnotices, articleratings, assignment, atta
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
-from maild.db import (forget_on_rollback, get_unflushed, hold, insert_after_flush, largest_id, pending,
+from maild.db import (forget_on_rollback, get_unflushed, given, hold, insert_after_flush, largest_id, pending,
                       write_at_flush)
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
@@ -822,7 +822,7 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
                              registry=ctx.registry)
     number, case_id = _case_keys(session)
     owner_id = _team_owner(session, ctx, d) or fields.owner_id
-    case = Case(
+    case = Case(**given(
         id=case_id,
         reference=make_reference(prefix, number),
         title=fields.title,
@@ -839,7 +839,7 @@ def _new_case(session: Session, ctx: IntakeContext, queue_id: int, contact: Cont
         created_at=now,
         updated_at=now,
         previous_case_id=d.case.id if d.case else None,
-    )
+    ))
     # It stays pending until the batch is flushed, and a pending object's relationships are
     # not loaded from its keys: they are set here.
     case.contact, case.queue = contact, session.get_one(Queue, fields.queue_id)
@@ -945,14 +945,14 @@ def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound
     # By the case's id, known when the case is made, not by the relationship: the flush then
     # has no key to copy over and the case no collection to keep up (its Activity mapper
     # still writes cases first).
-    activity = Activity(
+    activity = Activity(**given(
         case_id=case.id, kind=INCOMING_EMAIL, created_at=now, message_id=mail.message_id,
         in_reply_to=" ".join(mail.in_reply_to) or None, references=" ".join(mail.references) or None,
         from_addr=mail.sender_email, from_name=mail.sender.name if mail.sender else None,
         to_addrs=_addresses(mail.to), cc_addrs=_addresses(mail.cc), subject=mail.subject, sent_at=mail.date,
         text=mail.text, text_stripped=mail.text_stripped, html=mail.html, inbound_id=inbound.id,
         attachments=_attachment_rows(ctx, mail),
-    )
+    ))
     session.add(activity)
     case.updated_at = now
     return activity
@@ -967,14 +967,14 @@ def outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: D
     leaves nothing behind in the session.
     """
     row = enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain)
-    activity = Activity(
+    activity = Activity(**given(
         case_id=case.id, kind=OUTGOING_EMAIL, created_at=now, message_id=row.message_id,
         in_reply_to=draft.in_reply_to, references=" ".join(draft.references) or None,
         from_addr=draft.from_addr, from_name=draft.from_name, to_addrs=draft.to_addr, subject=draft.subject,
         sent_at=None, text=draft.text, text_stripped=mail.text_stripped if mail else draft.text, html=draft.html,
         agent_id=agent_id, inbound_id=inbound.id if inbound else None,
         attachments=_attachment_rows(ctx, mail) if mail else [],
-    )
+    ))
     session.add(activity)
     row.activity = activity
     session.add(row)

@@ -20,12 +20,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, defer
 
 from maild import (agentcommands, agentnotices, articleratings, assignment, attachments, csat, entitlements, historical,
-                   knowledge, mailauth, participants, replytokens, safety, senders, sla, threader)
+                   knowledge, mailauth, outbox, participants, replytokens, safety, senders, sla, threader)
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
 from maild.db import (forget_on_rollback, get_unflushed, given, hold, insert_after_flush, largest_id, pending,
-                      write_at_flush)
+                      pending_inserts, write_at_flush)
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
@@ -449,8 +449,8 @@ def _recent_acks(session: Session, recipient: str, now: datetime) -> int:
         stored = counted[1][recipient]
     else:
         stored = _stored_acks(session, {recipient}, since).get(recipient, 0)
-    unwritten = sum(1 for row in pending(session, OutboundMessage) if row.recipient == recipient
-                    and row.kind in _AUTO_ANSWERS and row.created_at > since)  # earlier in this batch
+    unwritten = sum(1 for row in pending_inserts(session, OutboundMessage) if row["recipient"] == recipient
+                    and row["kind"] in _AUTO_ANSWERS and row["created_at"] > since)  # earlier in this batch
     return stored + unwritten
 
 
@@ -918,7 +918,7 @@ def notice(session: Session, ctx: IntakeContext, case: Case, to_addr: str, templ
     draft = Draft(kind=kind, from_name=queue.display_name, from_addr=queue.address, to_name=to_name, to_addr=to_addr,
                   subject=tag_subject(rendered.subject or fallback_subject, case.reference), text=rendered.text,
                   html=rendered.html, reply_to=ctx.reply_address(queue, case, role), auto_submitted=True)
-    session.add(enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain))
+    enqueue(session, draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain)
 
 
 def _team_owner(session: Session, ctx: IntakeContext, d: Disposition) -> int | None:
@@ -963,12 +963,12 @@ def outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: D
                        mail: ParsedMail | None = None) -> Activity:
     """Record an outgoing mail on the case and put it in the outbox, under one Message-ID.
 
-    The message is composed first, so an address the email package refuses (ValueError)
+    The message is written first, so an address the email package refuses (ValueError)
     leaves nothing behind in the session.
     """
-    row = enqueue(draft, now=now, case_id=case.id, domain=ctx.config.outgoing.message_id_domain)
+    message_id, raw = outbox.new_message(draft, now=now, domain=ctx.config.outgoing.message_id_domain)
     activity = Activity(**given(
-        case_id=case.id, kind=OUTGOING_EMAIL, created_at=now, message_id=row.message_id,
+        case_id=case.id, kind=OUTGOING_EMAIL, created_at=now, message_id=message_id,
         in_reply_to=draft.in_reply_to, references=" ".join(draft.references) or None,
         from_addr=draft.from_addr, from_name=draft.from_name, to_addrs=draft.to_addr, subject=draft.subject,
         sent_at=None, text=draft.text, text_stripped=mail.text_stripped if mail else draft.text, html=draft.html,
@@ -976,8 +976,7 @@ def outgoing_activity(session: Session, ctx: IntakeContext, case: Case, draft: D
         attachments=_attachment_rows(ctx, mail) if mail else [],
     ))
     session.add(activity)
-    row.activity = activity
-    session.add(row)
+    outbox.queue(session, draft, message_id, raw, now=now, case_id=case.id, activity=activity)
     case.updated_at = now
     return activity
 

@@ -192,11 +192,45 @@ def insert_after_flush(session: Session, table: Any, rows: list[dict[str, Any]])
     """Insert plain ``rows`` into ``table`` on the session's connection, after the rows the
     session holds pending (which they may point at) are written: at once if there are
     none, else right after the next flush. Intake writes a batch at its end; flushing it
-    early for such rows cost a flush per message."""
+    early for such rows cost a flush per message. A value that is an ORM object stands for
+    its primary key, read when the row is written: a pending row's is known only then."""
     if not session.new:
-        session.connection().execute(insert(table), rows)
+        _forget_counts(session)  # they counted what the database held before these rows
+        session.connection().execute(insert(table), _resolved(rows))
         return
     session.info.setdefault(_AFTER_FLUSH, []).append((table, rows))
+
+
+def insert_returning_ids(session: Session, model: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert plain ``rows`` into ``model``'s table in one statement; their new ids, in order.
+
+    On SQLite the ids are chosen first, as SQLite would choose them (see _number_new_rows):
+    it cannot say which RETURNING row is whose in a many-row INSERT, so SQLAlchemy would
+    write them one by one. PostgreSQL's many-row INSERT ... RETURNING is ordered."""
+    connection = session.connection()
+    key = inspect(model).mapper.primary_key[0]
+    if connection.dialect.name == "sqlite":
+        start = largest_id(connection, model) + 1
+        numbered = [{**row, key.key: start + i} for i, row in enumerate(rows)]
+        connection.execute(insert(model), numbered)
+        return [start + i for i in range(len(rows))]
+    return list(connection.execute(insert(model).returning(key, sort_by_parameter_order=True), rows).scalars())
+
+
+def pending_inserts(session: Session, table: Any) -> Iterator[dict[str, Any]]:
+    """The rows given to ``insert_after_flush`` for ``table`` and not written yet, in order."""
+    for each, rows in session.info.get(_AFTER_FLUSH, []):
+        if each is table:
+            yield from rows
+
+
+def _resolved(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: _primary_key(value) if hasattr(value, "_sa_instance_state") else value
+             for key, value in row.items()} for row in rows]
+
+
+def _primary_key(obj: Any) -> Any:
+    return inspect(obj).mapper.primary_key_from_instance(obj)[0]
 
 
 def write_at_flush(session: Session, key: str, statement: Any, params: dict[str, Any]) -> None:
@@ -218,7 +252,8 @@ _FLUSH_SCOPED: set[str] = set()
 def forget_on_rollback(key: str, *, on_flush: bool = False) -> None:
     """Drop ``session.info[key]`` whenever a session rolls back, a savepoint included: for
     what a batch remembers about rows that the rollback may have taken away. ``on_flush``:
-    also at every flush, for what counts the rows still pending, which a flush writes."""
+    also at every flush (and every write of insert_after_flush's rows), for what counts the
+    rows still pending, which a flush writes."""
     _ROLLBACK_SCOPED.add(key)
     if on_flush:
         _FLUSH_SCOPED.add(key)
@@ -277,17 +312,21 @@ def _largest_id_query(mapper: Any) -> Any:
     return select(func.coalesce(func.max(mapper.primary_key[0]), 0))
 
 
-@event.listens_for(Session, "after_flush")
-def _after_flush(session: Session, _context: Any) -> None:
+def _forget_counts(session: Session) -> None:
     for key in _FLUSH_SCOPED:
         session.info.pop(key, None)
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context: Any) -> None:
+    _forget_counts(session)
     # The rows of insert_after_flush: one executemany per table, its rows in the order
     # given (they point only at rows the flush has just written, never at each other).
     by_table: dict[Any, list[dict[str, Any]]] = {}
     for table, rows in session.info.pop(_AFTER_FLUSH, []):
         by_table.setdefault(table, []).extend(rows)
     for table, rows in by_table.items():
-        session.connection().execute(insert(table), rows)
+        session.connection().execute(insert(table), _resolved(rows))
     _write_now(session)
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, func, or_, select, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import wakeups
-from maild.db import again_on_conflict, transaction
+from maild.db import again_on_conflict, insert_returning_ids, transaction
 from maild.errors import NotFound
 from maild.models import QUARANTINED, RECEIVED, InboundMessage
 from maild.msgids import normalise_message_id
@@ -168,10 +168,12 @@ def _identities(item: _Item, source: str) -> list[tuple[str, str]]:
 def _store(session: Session, queue_id: int, items: list[_Item], *, source: str, now: datetime, acked: bool,
            envelope_from: str | None = None) -> list[Stored]:
     """Add ``items`` to the queue in the caller's transaction, each unless the queue holds it
-    already or it repeats an earlier item (then: the id of the one stored)."""
-    seen: dict[tuple[str, str], int | InboundMessage] = _known(session, queue_id, source, items)
-    found: list[tuple[int | InboundMessage, bool]] = []
-    rows: list[InboundMessage] = []
+    already or it repeats an earlier item (then: the id of the one stored). The new rows are
+    plain rows in one INSERT (db.insert_returning_ids): as ORM objects, a fetched chunk's
+    rows cost the poller more than storing their bytes."""
+    seen: dict[tuple[str, str], int] = _known(session, queue_id, source, items)
+    found: list[tuple[int, bool]] = []  # (the stored row's id, or -1 - the index of a new row; duplicate)
+    rows: list[dict[str, object]] = []
     for item in items:
         identities = _identities(item, source)
         same = next((seen[i] for i in identities if i in seen), None)
@@ -179,26 +181,23 @@ def _store(session: Session, queue_id: int, items: list[_Item], *, source: str, 
             found.append((same, True))
             continue
         raw, key, digest, msgid = item
-        row = InboundMessage(queue_id=queue_id, raw=raw, size=len(raw), sha256=digest, message_id=msgid,
-                             source=source, source_key=key, envelope_from=envelope_from, received_at=now,
-                             source_acked=acked)
-        rows.append(row)
-        found.append((row, False))
-        seen.update((i, row) for i in identities)
+        seen.update((i, -1 - len(rows)) for i in identities)
+        found.append((-1 - len(rows), False))
+        rows.append({"queue_id": queue_id, "raw": raw, "size": len(raw), "sha256": digest, "message_id": msgid,
+                     "source": source, "source_key": key, "envelope_from": envelope_from, "received_at": now,
+                     "source_acked": acked, "state": RECEIVED, "attempts": 0})
+    ids = insert_returning_ids(session, InboundMessage, rows) if rows else []
     if rows:
-        session.add_all(rows)
-        session.flush()  # one INSERT of many rows (SQLAlchemy's insertmanyvalues) on both databases
         wakeups.announce(session)
-    return [Stored(row if isinstance(row, int) else row.id, queue_id, duplicate) for row, duplicate in found]
+    return [Stored(ident if ident >= 0 else ids[-1 - ident], queue_id, duplicate) for ident, duplicate in found]
 
 
-def _known(session: Session, queue_id: int, source: str,
-           items: list[_Item]) -> dict[tuple[str, str], int | InboundMessage]:
+def _known(session: Session, queue_id: int, source: str, items: list[_Item]) -> dict[tuple[str, str], int]:
     """The ids of what the queue holds already, by identity (see ``_identities``)."""
     # One indexed lookup per identity, joined with UNION ALL: an OR across the three columns
     # would make SQLite scan every stored message of the queue, and intake slow down as
     # the store grows.
-    known: dict[tuple[str, str], int | InboundMessage] = {}
+    known: dict[tuple[str, str], int] = {}
     columns = (InboundMessage.id, InboundMessage.sha256, InboundMessage.message_id, InboundMessage.source,
                InboundMessage.source_key)
     here = InboundMessage.queue_id == queue_id

@@ -363,10 +363,8 @@ class OutboundMessage(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
-
-    activity: Mapped[Activity | None] = relationship()
-    # Only for a flush's order (maild sets case_id): a new case is written before rows pointing at it.
-    case: Mapped[Case | None] = relationship()
+    # No relationships: rows are written as plain rows after the ORM rows they point at
+    # (outbox.queue), and read by column.
 
 
 class AuditEvent(Base):

@@ -28,7 +28,10 @@ from email.utils import format_datetime, formataddr, make_msgid
 from functools import lru_cache
 from typing import Any, cast
 
-from maild.models import Activity, OutboundMessage
+from sqlalchemy.orm import Session
+
+from maild.db import insert_after_flush
+from maild.models import PENDING, Activity, OutboundMessage
 
 # REFUSAL: the answer to an unknown sender in a queue that refuses them (maild.senders).
 ACKNOWLEDGEMENT, REPLY, REFUSAL = "acknowledgement", "reply", "refusal"
@@ -252,28 +255,29 @@ def new_message_id(domain: str) -> str:
     return make_msgid(domain=domain)
 
 
-def enqueue(draft: Draft, *, now: datetime, case_id: int | None, domain: str | None,
-            activity: Activity | None = None) -> OutboundMessage:
-    """Compose ``draft`` under a new Message-ID (in ``domain``, default the sender's) and return
-    its outbox row for the caller to add. Composing first means an address the email package
-    refuses (ValueError) leaves nothing behind."""
+def new_message(draft: Draft, *, now: datetime, domain: str | None) -> tuple[str, bytes]:
+    """``draft`` on the wire under a new Message-ID (in ``domain``, default the sender's):
+    (Message-ID, bytes). ValueError for an address the email package refuses."""
     message_id = new_message_id(domain or draft.from_addr.rpartition("@")[2])
-    return outbox_row(draft, message_bytes(draft, message_id, now), message_id=message_id, now=now,
-                      case_id=case_id, activity=activity)
+    return message_id, message_bytes(draft, message_id, now)
 
 
-def outbox_row(draft: Draft, raw: bytes, *, message_id: str, now: datetime, case_id: int | None,
-               activity: Activity | None) -> OutboundMessage:
-    """The outbox row for a composed message; it is sent only after the caller commits."""
-    return OutboundMessage(
-        case_id=case_id,
-        activity=activity,
-        kind=draft.kind,
-        message_id=message_id,
-        mail_from=draft.from_addr,
-        recipient=draft.to_addr,
-        rcpt_to=[draft.to_addr],
-        raw=raw,
-        created_at=now,
-        next_attempt_at=now,
-    )
+def queue(session: Session, draft: Draft, message_id: str, raw: bytes, *, now: datetime, case_id: int | None,
+          activity: Activity | None = None) -> None:
+    """Put a written message in the outbox, in the caller's transaction: it is sent only
+    after the caller commits. A plain row, not an ORM object (which cost a new case as much
+    as its case row): written after the pending rows it points at (db.insert_after_flush),
+    its activity's id read then. cases._recent_acks counts it meanwhile."""
+    insert_after_flush(session, OutboundMessage, [{
+        "case_id": case_id, "activity_id": activity, "kind": draft.kind, "message_id": message_id,
+        "mail_from": draft.from_addr, "recipient": draft.to_addr, "rcpt_to": [draft.to_addr], "raw": raw,
+        "state": PENDING, "attempts": 0, "created_at": now, "next_attempt_at": now,
+    }])
+
+
+def enqueue(session: Session, draft: Draft, *, now: datetime, case_id: int | None, domain: str | None) -> str:
+    """Write ``draft`` (new_message) and queue it; its Message-ID. Written first, so an
+    address the email package refuses (ValueError) leaves nothing behind."""
+    message_id, raw = new_message(draft, now=now, domain=domain)
+    queue(session, draft, message_id, raw, now=now, case_id=case_id)
+    return message_id

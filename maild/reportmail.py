@@ -57,7 +57,7 @@ class ReportMailRunner(Runner):
                 session.add(ReportRun(name=report.name, period=slot.key, sent_at=now, recipients=len(report.to)))
                 session.flush()  # claim the period first: a concurrent worker blocks here, then fails
                 for draft in self.drafts(session, report, slot, now):
-                    session.add(enqueue(draft, now=now, case_id=None, domain=self.config.outgoing.message_id_domain))
+                    enqueue(session, draft, now=now, case_id=None, domain=self.config.outgoing.message_id_domain)
         except IntegrityError:
             return 0  # another worker sent this period
         log.info("report %s for %s queued to %s", report.name, slot.key, ", ".join(report.to))

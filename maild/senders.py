@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild.models import Account, Case, Contact, OutboundMessage, Queue
+from maild.models import Account, Case, Contact, Queue
 from maild.outbox import REFUSAL, Draft, enqueue
 from maild.parse import ParsedMail
 from maild.templates import Renderer
@@ -47,9 +47,9 @@ def account_for_domain(session: Session, domain: str | None, now: datetime) -> A
 
 def refusal(session: Session, renderer: Renderer, queue: Queue, mail: ParsedMail, to_addr: str, *,
             message_id_domain: str | None, now: datetime, template: str = REFUSAL_TEMPLATE,
-            case: Case | None = None, reply_to: str | None = None) -> OutboundMessage:
+            case: Case | None = None, reply_to: str | None = None) -> str:
     """Queue a templated automatic answer: to a refused sender (no case: the row stands
-    alone), or to a reply on a case that stays closed (``case``)."""
+    alone), or to a reply on a case that stays closed (``case``). Its Message-ID."""
     rendered = renderer.render(template, {"queue": queue, "mail": mail, "now": now, "case": case})
     draft = Draft(
         kind=REFUSAL, from_name=queue.display_name, from_addr=queue.address,
@@ -58,6 +58,4 @@ def refusal(session: Session, renderer: Renderer, queue: Queue, mail: ParsedMail
         reply_to=reply_to or queue.address, in_reply_to=mail.message_id,
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,
     )
-    row = enqueue(draft, now=now, case_id=case.id if case else None, domain=message_id_domain)
-    session.add(row)
-    return row
+    return enqueue(session, draft, now=now, case_id=case.id if case else None, domain=message_id_domain)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from maild.db import insert_after_flush, make_engine, make_sessionmaker
+from maild.db import forget_on_rollback, insert_after_flush, make_engine, make_sessionmaker, pending_inserts
 
 
 class _Base(DeclarativeBase):
@@ -76,3 +76,24 @@ def test_a_rolled_back_savepoint_takes_its_rows_with_it(session: Session) -> Non
     session.flush()  # would fail on the missing parent 4 if its rows were still waiting
     assert _children(session) == []
     session.commit()
+
+
+def test_an_orm_object_stands_for_its_id_read_when_the_row_is_written(session: Session) -> None:
+    parent = Parent()  # its id is chosen at the flush (PostgreSQL: the sequence, read back)
+    session.add(parent)
+    insert_after_flush(session, Child, [{"parent_id": parent}])
+    assert [row["parent_id"] for row in pending_inserts(session, Child)] == [parent], "kept as given until then"
+    session.flush()
+    assert parent.id is not None and _children(session) == [parent.id]
+    assert list(pending_inserts(session, Child)) == [], "written: no longer pending"
+
+
+def test_rows_written_at_once_drop_what_counted_the_pending_rows(session: Session) -> None:
+    """A count of pending rows made before (forget_on_rollback's on_flush) no longer holds
+    once insert_after_flush's rows are in the database, whether a flush or the call wrote them."""
+    forget_on_rollback("test.counted", on_flush=True)
+    session.add(Parent(id=8))
+    session.flush()
+    session.info["test.counted"] = 0
+    insert_after_flush(session, Child, [{"parent_id": 8}])
+    assert _children(session) == [8] and "test.counted" not in session.info

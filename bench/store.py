@@ -1,0 +1,81 @@
+"""What storing a fetched chunk costs the IMAP poller's thread, per message.
+
+``maild.inbound.store_batch`` on bench/imap.py's corpus (17 KB on average, 10% with
+attachments), in chunks of ``--chunk`` as the poller fetches them, each chunk in its own
+transaction and committed as the poller commits it: identity (SHA-256, Message-ID), the
+duplicate lookup, the INSERT and the commit. Each repetition stores the corpus into a
+fresh installation (bench/intake.py's: temp dir, config, SQLite or a fresh PostgreSQL
+schema); CPU time (``time.process_time``), best of ``--reps``. No network and no Dovecot:
+the steadiest figure for comparing two versions of the store on a shared machine.
+Alternate the versions:
+
+    PYTHONPATH=/path/to/other/checkout .venv/bin/python bench/store.py
+    .venv/bin/python bench/store.py [--messages 2000] [--reps 3] [--chunk 100]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import imap  # noqa: E402  (bench/imap.py: the IMAP corpus's shape)
+import intake as bench_intake  # noqa: E402  (its corpus generator and throw-away installation)
+
+
+def one_run(opts: bench_intake.Options, raws: list[bytes], chunk: int) -> float:
+    """CPU seconds per message of storing ``raws`` in chunks on a fresh installation."""
+    import sqlalchemy as sa
+
+    from maild import inbound
+    from maild.app import load_app
+    from maild.db import transaction
+    from maild.models import InboundMessage, Queue
+
+    with ExitStack() as stack:
+        install = bench_intake.create_install(opts, stack, bench_intake.Deadline(opts.timeout))
+        app = load_app(install.config)
+        stack.callback(app.close)
+        app.prepare()
+        with app.factory() as session:
+            queue_id = session.scalar(sa.select(Queue.id).where(Queue.name == "support"))
+        assert queue_id is not None
+        start = time.process_time()
+        for first in range(0, len(raws), chunk):
+            items = [(raw, f"INBOX/1/{first + i + 1}") for i, raw in enumerate(raws[first:first + chunk])]
+            with transaction(app.factory) as session:
+                duplicates = inbound.store_batch(session, queue_id, items, source="imap", now=datetime.now(UTC),
+                                                 acked=False)
+            assert not any(duplicates)
+        cpu = time.process_time() - start
+        with app.factory() as session:
+            stored = session.scalar(sa.select(sa.func.count()).select_from(InboundMessage))
+        assert stored == len(raws), f"{stored} stored of {len(raws)}"
+    return cpu / len(raws)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--messages", type=int, default=2000)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=100, help="messages per fetched chunk (default 100, as bench/imap.py)")
+    p.add_argument("--database-url", help="PostgreSQL base URL (default: SQLite in a temp dir)")
+    a = p.parse_args()
+    opts = bench_intake.parse_args(["--mode", "store", "--messages", str(a.messages)]
+                                   + (["--database-url", a.database_url] if a.database_url else []))
+    raws = [g.raw for g in bench_intake.generate(a.messages, 200, 1, shape=imap.SHAPE)]
+    runs = [one_run(opts, raws, a.chunk) * 1e6 for _ in range(a.reps)]
+    database = "postgresql" if a.database_url else "sqlite"
+    print(f"storing fetched chunks, {database}, {a.messages} messages in chunks of {a.chunk}: best {min(runs):.1f} µs "
+          f"of CPU a message (runs: {', '.join(f'{x:.1f}' for x in runs)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from maild.db import forget_on_rollback, insert_after_flush, make_engine, make_sessionmaker, pending_inserts
+from maild.db import (forget_on_rollback, insert_after_flush, insert_returning_ids, make_engine, make_sessionmaker,
+                      pending_inserts)
 
 
 class _Base(DeclarativeBase):
@@ -97,3 +98,13 @@ def test_rows_written_at_once_drop_what_counted_the_pending_rows(session: Sessio
     session.info["test.counted"] = 0
     insert_after_flush(session, Child, [{"parent_id": 8}])
     assert _children(session) == [8] and "test.counted" not in session.info
+
+
+def test_rows_inserted_together_get_their_ids_in_order(session: Session) -> None:
+    session.add_all([Parent(id=20), Parent(id=21)])
+    session.flush()
+    ids = insert_returning_ids(session, Child, [{"parent_id": 21}, {"parent_id": 20}, {"parent_id": 20}])
+    assert len(set(ids)) == 3
+    by_id = dict(session.connection().execute(sa.select(Child.id, Child.parent_id)).all())
+    assert [by_id[i] for i in ids] == [21, 20, 20], "each id is its own row's"
+    assert insert_returning_ids(session, Child, [{"parent_id": 20}])[0] > max(ids)

@@ -2,10 +2,12 @@
 
 Every address is checked by ``headerregistry.Address`` and every value that came from a
 customer (a subject, a display name) is flattened to one line first, so no CR/LF in customer
-input can ever start a header of its own. The message itself is built with the email
-package's compat32 classes: the same MIME as ``EmailMessage`` with the SMTP policy, at a
-quarter of the cost (that policy re-parses and re-folds every header it writes, about 4 ms
-of an acknowledgement; composing was the largest single cost of a new case).
+input can ever start a header of its own. The message is what the email package's compat32
+classes write: the same MIME as ``EmailMessage`` with the SMTP policy, at a quarter of the
+cost (that policy re-parses and re-folds every header it writes, about 4 ms of an
+acknowledgement). A message without attachments is written straight to those bytes
+(``message_bytes``), without building the package's objects; one with attachments is
+built with them (``compose``). The outbox row is a plain row (``queue``).
 """
 
 from __future__ import annotations

@@ -211,9 +211,9 @@ def insert_returning_ids(session: Session, model: Any, rows: list[dict[str, Any]
     key = inspect(model).mapper.primary_key[0]
     if connection.dialect.name == "sqlite":
         start = largest_id(connection, model) + 1
-        numbered = [{**row, key.key: start + i} for i, row in enumerate(rows)]
-        connection.execute(insert(model), numbered)
-        return [start + i for i in range(len(rows))]
+        ids = list(range(start, start + len(rows)))
+        connection.execute(insert(model), [{**row, key.key: ident} for row, ident in zip(rows, ids)])
+        return ids
     return list(connection.execute(insert(model).returning(key, sort_by_parameter_order=True), rows).scalars())
 
 

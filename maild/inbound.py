@@ -186,8 +186,9 @@ def _store(session: Session, queue_id: int, items: list[_Item], *, source: str, 
         rows.append({"queue_id": queue_id, "raw": raw, "size": len(raw), "sha256": digest, "message_id": msgid,
                      "source": source, "source_key": key, "envelope_from": envelope_from, "received_at": now,
                      "source_acked": acked, "state": RECEIVED, "attempts": 0})
-    ids = insert_returning_ids(session, InboundMessage, rows) if rows else []
+    ids: list[int] = []
     if rows:
+        ids = insert_returning_ids(session, InboundMessage, rows)
         wakeups.announce(session)
     return [Stored(ident if ident >= 0 else ids[-1 - ident], queue_id, duplicate) for ident, duplicate in found]
 

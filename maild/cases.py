@@ -9,6 +9,7 @@ a case that was rolled back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -147,7 +148,12 @@ class StoreLookup:
         return None if row is None else self._follow(row[0], row[1])
 
     def case_by_message_ids(self, message_ids: list[str]) -> dict[str, int]:
-        rows = self.session.connection().execute(self._BY_MESSAGE_IDS, {"message_ids": message_ids}).all()
+        known: dict[str, tuple[int, int | None]] | None = self.session.info.get(_THREADS)
+        rows: Sequence[Any]
+        if known is not None and all(mid in known for mid in message_ids):
+            rows = [(mid, *known[mid]) for mid in message_ids]  # all looked up with the batch
+        else:  # one not stored then may be now (another worker's): look again
+            rows = self.session.connection().execute(self._BY_MESSAGE_IDS, {"message_ids": message_ids}).all()
         found = {mid: self._follow(cid, into) for mid, cid, into in rows if mid is not None}
         wanted = set(message_ids) - found.keys()
         for row in pending(self.session, Activity):  # an earlier message of this batch
@@ -427,7 +433,10 @@ def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage,
 
 
 def _snapshot(session: Session, case_id: int, lock: bool = True) -> CaseSnapshot:
-    case = get_unflushed(session, Case, case_id, with_for_update=lock)
+    if lock and case_id in session.info.get(_LOCKED_CASES, ()):
+        case = session.get(Case, case_id)  # locked and loaded with the batch: no statement
+    else:
+        case = get_unflushed(session, Case, case_id, with_for_update=lock)
     if case is None:
         raise ProcessingError(f"case {case_id} vanished while threading")
     if lock:  # intake's batch, where the participant check and the handler get the case again
@@ -752,6 +761,25 @@ def prefetch(session: Session, mails: list[ParsedMail], now: datetime) -> None:
     since = now - timedelta(hours=1)
     counts = _stored_acks(session, recipients, since)
     session.info[_ACKS] = (since, {address: counts.get(address, 0) for address in recipients})
+    _prefetch_threads(session, mails)
+
+
+def _prefetch_threads(session: Session, mails: list[ParsedMail]) -> None:
+    """Where the Message-IDs the batch's replies name are stored (for StoreLookup), and the
+    cases they thread onto, locked in id order and loaded (for ``_snapshot``). A lookup and
+    a locking load per reply were 8% of the writer's time."""
+    wanted = sorted({mid for mail in mails for mid in (*mail.in_reply_to, *mail.references)})
+    found: dict[str, tuple[int, int | None]] = {}
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        rows = session.connection().execute(StoreLookup._BY_MESSAGE_IDS,
+                                            {"message_ids": wanted[start:start + _LOOKUP_CHUNK]})
+        found.update({mid: (case_id, into) for mid, case_id, into in rows if mid is not None})
+    session.info[_THREADS] = found
+    ids = sorted({case_id for case_id, into in found.values() if into is None})
+    cases = [] if not ids else list(session.scalars(
+        select(Case).where(Case.id.in_(ids)).order_by(Case.id).with_for_update()))
+    hold(session, cases)
+    session.info[_LOCKED_CASES] = {case.id for case in cases}
 
 
 def _contacts(session: Session, emails: set[str]) -> dict[str, Contact]:
@@ -766,6 +794,9 @@ def _contacts(session: Session, emails: set[str]) -> dict[str, Contact]:
 # a contact it made may be gone; the counts and duplicates also at a flush, which writes the
 # pending rows that _recent_acks and _duplicate_case look through for the batch's own.
 _CONTACTS, _ACKS, _DUPLICATES = "maild.contacts", "maild.recent_acks", "maild.duplicates"
+# Stored before the batch, and locked by it until it ends: kept through a rollback too.
+_THREADS, _LOCKED_CASES = "maild.threads", "maild.locked_cases"
+_LOOKUP_CHUNK = 500  # Message-IDs per statement: a long References chain each adds up
 forget_on_rollback(_CONTACTS)
 forget_on_rollback(_ACKS, on_flush=True)
 forget_on_rollback(_DUPLICATES, on_flush=True)

@@ -18,6 +18,7 @@ from conftest import Env, mail
 from maild import config as config_mod
 from maild import inbound
 from maild.app import App
+from maild.daemon import make_pollers
 from maild.dispatch import DispatchRunner
 from maild.models import Queue
 from maild.processing import IntakeRunner
@@ -92,4 +93,32 @@ def test_storing_and_sending_commit_durably_and_the_work_between_lazily(env: Env
             session.execute(sa.text("SELECT 1"))
         assert commits.take() == [True]
     finally:
+        app.close()
+
+
+def test_imap_stores_durably_before_the_move_and_records_the_move_lazily(make_env, mailbox) -> None:  # type: ignore[no-untyped-def]
+    """The stored chunk is promised to the server by the move: durable first. The record that
+    the move was done promises nothing: lazy."""
+    env: Env = make_env(extra=mailbox.toml())
+    mailbox.append(mail(subject="one"), mail(subject="two"))
+    app = App(config_mod.load(env.config))
+    app.prepare()
+    commits = Commits(app.engine)
+    [poller] = make_pollers(app)
+    client = poller.connection()
+    moved_at: list[int] = []  # how many commits there had been
+    real_move = client.move
+
+    def move(*args: Any, **kwargs: Any) -> Any:
+        moved_at.append(len(commits.levels))
+        return real_move(*args, **kwargs)
+
+    client.move = move  # type: ignore[method-assign]
+    try:
+        assert poller.run_once() == 2
+        [at] = moved_at
+        assert commits.levels[at - 1] is True, "the chunk's store committed durably before the move"
+        assert commits.levels[at] is False, f"the move's record committed lazily: {commits.levels}"
+    finally:
+        poller.close()
         app.close()

@@ -80,6 +80,22 @@ def test_after_action_lost_in_a_crash_is_finished_on_the_next_poll(make_env, mai
     assert mailbox.uids("INBOX") == {}
 
 
+def test_a_lost_record_of_the_after_action_only_repeats_the_action(make_env, mailbox: Mailbox) -> None:  # type: ignore[no-untyped-def]
+    """The record that a message was moved commits lazily, so a power cut can take it after
+    the move: the next poll moves a UID the folder no longer holds, which the server ignores."""
+    env: Env = make_env(extra=mailbox.toml())
+    mailbox.append(mail(subject="moved, record lost"))
+    env.ok("run", "--once")
+    with env.engine().begin() as conn:
+        conn.execute(sa.text("UPDATE inbound_message SET source_acked = false"))
+    assert "processed 0 inbound" in env.ok("run", "--once")
+    assert len(_cases(env)) == 1
+    assert mailbox.uids("INBOX") == {} and len(mailbox.uids("Processed")) == 1
+    assert env.count("SELECT count(*) FROM inbound_message WHERE NOT source_acked") == 0
+    [box] = env.json("mailboxes", "list")
+    assert box["status"] == "ok" and not box["last_error"]
+
+
 def test_login_failure_is_reported_and_other_mailboxes_keep_working(make_env, mailbox: Mailbox,
                                                                    dovecot_server) -> None:  # type: ignore[no-untyped-def]
     from conftest import fresh_mailbox

@@ -320,7 +320,9 @@ class ImapPoller(Runner):
         else:
             self._delete(client, uids)
         keys = [self._key(uidvalidity, uid) for uid in uids]
-        with transaction(self.factory) as session:
+        # Lazily (maild.db): if a power cut takes this record, the next poll repeats the
+        # action on UIDs the folder no longer holds, which IMAP ignores (UIDs are never reused).
+        with transaction(self.factory, lazy=True) as session:
             for chunk in _chunks(list(range(len(keys))), 500):
                 session.execute(update(InboundMessage).where(
                     InboundMessage.queue_id == self.queue_id, InboundMessage.source == SOURCE,

@@ -149,17 +149,20 @@ class StoreLookup:
 
     def case_by_message_ids(self, message_ids: list[str]) -> dict[str, int]:
         known: dict[str, tuple[int, int | None]] | None = self.session.info.get(_THREADS)
-        rows: Sequence[Any]
-        if known is not None and all(mid in known for mid in message_ids):
-            rows = [(mid, *known[mid]) for mid in message_ids]  # all looked up with the batch
-        else:  # one not stored then may be now (another worker's): look again
-            rows = self.session.connection().execute(self._BY_MESSAGE_IDS, {"message_ids": message_ids}).all()
+        rows: Sequence[Any] = [(mid, *known[mid]) for mid in message_ids if mid in known] if known is not None \
+            else self._stored(message_ids)
         found = {mid: self._follow(cid, into) for mid, cid, into in rows if mid is not None}
         wanted = set(message_ids) - found.keys()
         for row in pending(self.session, Activity):  # an earlier message of this batch
             if row.message_id in wanted:
                 found[row.message_id] = self._follow(row.case_id, None)
+        if known is not None and (unknown := [mid for mid in message_ids if mid not in found]):
+            # Not stored when the batch looked (see prefetch): another worker may have since.
+            found.update({mid: self._follow(cid, into) for mid, cid, into in self._stored(unknown) if mid is not None})
         return found
+
+    def _stored(self, message_ids: list[str]) -> Sequence[Any]:
+        return self.session.connection().execute(self._BY_MESSAGE_IDS, {"message_ids": message_ids}).all()
 
     def _follow(self, case_id: int, merged_into: int | None) -> int:
         # Merges are written by `maild cases merge` in transactions of their own, never by

@@ -164,6 +164,17 @@ def test_customer_and_agent_reply_addresses_differ_and_say_which_they_are(tmp_pa
     assert signed_from([other_case], key, "CAS") == Signed("CAS-00043-ABC123", AGENT)
 
 
+def test_reply_addresses_already_sent_keep_their_signatures() -> None:
+    """Customers answer mail sent long ago: a reference's signature must never change."""
+    from maild.replytokens import AGENT, address
+
+    key = b"k" * 64
+    assert address("support@example.test", "CAS-00042-ABC123", key) == \
+        "support+CAS-00042-ABC123.wzznlvspvj@example.test"
+    assert address("support@example.test", "CAS-00042-ABC123", key, AGENT) == \
+        "support+CAS-00042-ABC123.quoq575lwu@example.test"
+
+
 def test_workers_starting_together_share_one_reply_token_key(tmp_path: Path) -> None:
     import threading
 

@@ -23,7 +23,9 @@ def test_reference_format_and_uniqueness() -> None:
     assert ref.startswith("CAS-01234-") and len(ref) == len("CAS-01234-AB12CD")
     assert all(c in SUFFIX_ALPHABET for c in ref[-6:])
     assert make_reference("CAS", 1234567, "ABCDEF") == "CAS-1234567-ABCDEF"
-    assert len({make_reference("CAS", 1) for _ in range(200)}) > 190
+    refs = [make_reference("CAS", 1) for _ in range(200)]
+    assert len(set(refs)) > 190
+    assert set("".join(ref[-6:] for ref in refs)) == set(SUFFIX_ALPHABET), "every character drawn"
 
 
 @pytest.mark.parametrize("subject", [

@@ -2,7 +2,8 @@
 
 Each repetition makes a fresh installation (bench/intake.py's: temp dir, config, SQLite or
 a fresh PostgreSQL schema), stores the corpus in the inbound table, claims it in batches
-and parses every message first, untimed. Then only ``IntakeRunner.process_batch`` runs,
+and parses every message first, untimed, writing attachments to the store as maild's parse
+workers do (before 2026-11-27 the timed writer wrote them, as it does only without workers). Then only ``IntakeRunner.process_batch`` runs,
 timed with ``time.process_time``: rules, threading, cases, activities, acknowledgements
 rendered and composed into the outbox, the batch's commits. Nothing is sent. The SQL
 statements the writing sends are counted too (an executemany counts once).
@@ -41,7 +42,7 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
 
     from maild import inbound
     from maild.app import load_app
-    from maild.parsepool import parse_one
+    from maild.parsepool import parse_and_store
     from maild.processing import IntakeRunner
 
     with ExitStack() as stack:
@@ -54,7 +55,9 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
         batches = []
         while claimed := inbound.claim(app.factory, now=app.clock(), lease=timedelta(hours=1), max_attempts=5,
                                        limit=batch, worker=runner.worker, sweep=False):
-            batches.append((claimed, [parse_one(item.raw) for item in claimed]))
+            # Attachments written to the store as a parse worker writes them (ctx.data_dir):
+            # in maild run the writer never does that itself.
+            batches.append((claimed, [parse_and_store(item.raw, ctx.data_dir) for item in claimed]))
         statements = 0
 
         def count(*_args: object) -> None:

@@ -60,6 +60,10 @@ def make_engine(url: str, echo: bool = False, busy_timeout: float = 30.0) -> Eng
     engine = create_engine(
         url, echo=echo, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(busy_timeout))}
     )
+    # Many rows of one INSERT without RETURNING (a batch's audit events, outbox rows) as one
+    # multi-row statement, as SQLAlchemy does for psycopg2, rather than psycopg's pipelined
+    # executemany, which the server still runs row by row.
+    engine.dialect.use_insertmanyvalues_wo_returning = True
 
     @event.listens_for(engine, "begin")
     def _lazy_commit(conn: Connection) -> None:

@@ -108,3 +108,27 @@ def test_rows_inserted_together_get_their_ids_in_order(session: Session) -> None
     by_id = dict(session.connection().execute(sa.select(Child.id, Child.parent_id)).all())
     assert [by_id[i] for i in ids] == [21, 20, 20], "each id is its own row's"
     assert insert_returning_ids(session, Child, [{"parent_id": 20}])[0] > max(ids)
+
+
+def test_many_plain_rows_reach_postgresql_as_one_statement(session: Session) -> None:
+    """psycopg's executemany pipelines the rows, but the server still runs one INSERT per
+    row (and its plan, its executor start): on PostgreSQL the rows go as one multi-row
+    INSERT. SQLite's executemany runs in-process and is kept."""
+    session.add(Parent(id=1))
+    session.flush()
+    sent: list[tuple[str, bool]] = []
+
+    def record(_conn: object, _cursor: object, sql: str, _params: object, _context: object, many: bool) -> None:
+        if sql.startswith("INSERT INTO t_child"):
+            sent.append((sql, many))
+
+    engine = session.get_bind()
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        insert_after_flush(session, Child, [{"parent_id": 1}] * 3)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert _children(session) == [1, 1, 1]
+    [(sql, _many)] = sent
+    rows_in_statement = sql.count("), (") + 1
+    assert rows_in_statement == (3 if engine.dialect.name == "postgresql" else 1), sql

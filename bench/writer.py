@@ -3,10 +3,11 @@
 Each repetition makes a fresh installation (bench/intake.py's: temp dir, config, SQLite or
 a fresh PostgreSQL schema), stores the corpus in the inbound table, claims it in batches
 and parses every message first, untimed, writing attachments to the store as maild's parse
-workers do (before 2026-11-27 the timed writer wrote them, as it does only without workers). Then only ``IntakeRunner.process_batch`` runs,
-timed with ``time.process_time``: rules, threading, cases, activities, acknowledgements
-rendered and composed into the outbox, the batch's commits. Nothing is sent. The SQL
-statements the writing sends are counted too (an executemany counts once).
+workers do (before 2026-11-27 the timed writer wrote them, as it does only without
+workers). Then only ``IntakeRunner.process_batch`` runs, timed with ``time.process_time``:
+rules, threading, cases, activities, acknowledgements rendered and composed into the
+outbox, the batch's commits. Nothing is sent. The SQL statements the writing sends are
+counted too (an executemany counts once).
 
 No network, no daemon, no parse worker and no other process: this is the steadiest figure
 for comparing two versions of the writer on a shared machine, where whole-run benchmarks

@@ -149,20 +149,27 @@ class StoreLookup:
 
     def case_by_message_ids(self, message_ids: list[str]) -> dict[str, int]:
         known: dict[str, tuple[int, int | None]] | None = self.session.info.get(_THREADS)
-        rows: Sequence[Any] = [(mid, *known[mid]) for mid in message_ids if mid in known] if known is not None \
-            else self._stored(message_ids)
-        found = {mid: self._follow(cid, into) for mid, cid, into in rows if mid is not None}
+        found = self._followed([(mid, *known[mid]) for mid in message_ids if mid in known] if known is not None
+                               else self.stored(message_ids))
         wanted = set(message_ids) - found.keys()
         for row in pending(self.session, Activity):  # an earlier message of this batch
             if row.message_id in wanted:
                 found[row.message_id] = self._follow(row.case_id, None)
         if known is not None and (unknown := [mid for mid in message_ids if mid not in found]):
             # Not stored when the batch looked (see prefetch): another worker may have since.
-            found.update({mid: self._follow(cid, into) for mid, cid, into in self._stored(unknown) if mid is not None})
+            found.update(self._followed(self.stored(unknown)))
         return found
 
-    def _stored(self, message_ids: list[str]) -> Sequence[Any]:
-        return self.session.connection().execute(self._BY_MESSAGE_IDS, {"message_ids": message_ids}).all()
+    def stored(self, message_ids: list[str]) -> list[tuple[str, int, int | None]]:
+        """(Message-ID, case, the case it was merged into) for each of ``message_ids`` stored."""
+        rows: list[tuple[str, int, int | None]] = []
+        for start in range(0, len(message_ids), _LOOKUP_CHUNK):  # a long References chain each adds up
+            rows.extend((mid, case_id, into) for mid, case_id, into in self.session.connection().execute(
+                self._BY_MESSAGE_IDS, {"message_ids": message_ids[start:start + _LOOKUP_CHUNK]}) if mid is not None)
+        return rows
+
+    def _followed(self, rows: Sequence[tuple[str, int, int | None]]) -> dict[str, int]:
+        return {mid: self._follow(case_id, into) for mid, case_id, into in rows}
 
     def _follow(self, case_id: int, merged_into: int | None) -> int:
         # Merges are written by `maild cases merge` in transactions of their own, never by
@@ -772,11 +779,7 @@ def _prefetch_threads(session: Session, mails: list[ParsedMail]) -> None:
     cases they thread onto, locked in id order and loaded (for ``_snapshot``). A lookup and
     a locking load per reply were 8% of the writer's time."""
     wanted = sorted({mid for mail in mails for mid in (*mail.in_reply_to, *mail.references)})
-    found: dict[str, tuple[int, int | None]] = {}
-    for start in range(0, len(wanted), _LOOKUP_CHUNK):
-        rows = session.connection().execute(StoreLookup._BY_MESSAGE_IDS,
-                                            {"message_ids": wanted[start:start + _LOOKUP_CHUNK]})
-        found.update({mid: (case_id, into) for mid, case_id, into in rows if mid is not None})
+    found = {mid: (case_id, into) for mid, case_id, into in StoreLookup(session).stored(wanted)}
     session.info[_THREADS] = found
     ids = sorted({case_id for case_id, into in found.values() if into is None})
     cases = [] if not ids else list(session.scalars(
@@ -799,7 +802,7 @@ def _contacts(session: Session, emails: set[str]) -> dict[str, Contact]:
 _CONTACTS, _ACKS, _DUPLICATES = "maild.contacts", "maild.recent_acks", "maild.duplicates"
 # Stored before the batch, and locked by it until it ends: kept through a rollback too.
 _THREADS, _LOCKED_CASES = "maild.threads", "maild.locked_cases"
-_LOOKUP_CHUNK = 500  # Message-IDs per statement: a long References chain each adds up
+_LOOKUP_CHUNK = 500  # Message-IDs per statement
 forget_on_rollback(_CONTACTS)
 forget_on_rollback(_ACKS, on_flush=True)
 forget_on_rollback(_DUPLICATES, on_flush=True)

@@ -73,8 +73,8 @@ class Signed:
 def signature(key: bytes, reference: str, role: str = CUSTOMER) -> str:
     message = reference.upper() if role == CUSTOMER else f"{role}:{reference.upper()}"
     digest = hmac.digest(key, message.encode(), "sha256")
-    # Base32 writes each 5 bytes as 8 characters on their own: the first 10 bytes give the
-    # first 16 characters of the whole digest's encoding, enough for SIG_CHARS.
+    # Base32 writes each 5 bytes as 8 characters on their own, so the digest's first
+    # _SIG_BYTES give the first SIG_CHARS characters of the whole digest's encoding.
     return base64.b32encode(digest[:_SIG_BYTES]).decode().lower()[:SIG_CHARS]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -152,22 +153,41 @@ class Daemon:
                  len(ruleset.creation) + len(ruleset.routing), fresh.paths.rules)
 
     def serve_forever(self) -> None:
-        """Install signal handlers (main thread only) and block until SIGTERM/SIGINT."""
-        term, hup = threading.Event(), threading.Event()
-
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %s: finishing the message in hand, then exiting", signal.Signals(signum).name)
-            term.set()
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
-        signal.signal(signal.SIGHUP, lambda signum, frame: hup.set())
+        """Install signal handlers (main thread only), reload on SIGHUP, and block until
+        SIGTERM/SIGINT."""
+        signals = Signals()
+        for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(each, signals.handler)
         self.start()
-        while not term.wait(0.2):
-            if hup.is_set():
-                hup.clear()
+        while (signum := signals.next()) not in _STOP:
+            if signum == signal.SIGHUP:
                 self.reload()
+            elif signum is None:
+                time.sleep(0.2)
+        log.info("signal %s: finishing the message in hand, then exiting", signal.Signals(signum).name)
         self.stop()
+
+
+_STOP: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+
+
+class Signals:
+    """The signals received, in order, for the main loop to act on.
+
+    A handler runs in the main thread between any two of its bytecodes, so it must take no
+    lock the main thread may hold: one that set a threading.Event while the main thread's
+    wait() on that Event held its lock deadlocked the daemon on SIGTERM, now and then. The
+    handler only appends to a list, which takes none."""
+
+    def __init__(self) -> None:
+        self._received: list[int] = []
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self._received.append(signum)
+
+    def next(self) -> int | None:
+        """The oldest signal not yet acted on, or None."""
+        return self._received.pop(0) if self._received else None
 
 
 def make_pollers(app: App, on_stored: Callable[[], None] = lambda: None, worker: str | None = None) -> list[ImapPoller]:

@@ -6,6 +6,7 @@ import shutil
 import signal
 import smtplib
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,3 +117,27 @@ def test_run_refuses_to_start_on_an_old_schema(make_env) -> None:  # type: ignor
     result = subprocess.run([MAILD, "--config", str(env.config), "run"], capture_output=True, timeout=30)
     assert result.returncode == 1
     assert b"no maild schema yet; run `maild db upgrade`" in result.stderr
+
+
+def test_signal_handlers_take_no_lock_and_keep_every_signal_in_order() -> None:
+    """A handler runs in the main thread between two of its bytecodes: one that takes a lock
+    the main thread may hold deadlocks the daemon. Setting a threading.Event did (its wait()
+    in the main loop holds the Event's lock as it returns): SIGTERM hung `maild run`, now
+    and then."""
+    from maild.daemon import Signals
+
+    signals = Signals()
+    locking: list[str] = []
+
+    def watch(_frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") in ("acquire", "__enter__", "acquire_lock"):
+            locking.append(repr(arg))
+
+    sys.setprofile(watch)
+    try:
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            signals.handler(signum, None)
+    finally:
+        sys.setprofile(None)
+    assert locking == []
+    assert [signals.next(), signals.next(), signals.next()] == [signal.SIGHUP, signal.SIGTERM, None]

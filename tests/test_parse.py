@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re._constants as sre
+import re._parser as sre_parse
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,6 +23,8 @@ from maild.parse import (
     ParsedMail,
     _first_reply,
     _may_hold_quote_header,
+    _quote_header_regex,
+    _quote_headers,
     _strip_quoted,
     normalise_message_id,
     parse,
@@ -415,6 +419,54 @@ def test_the_first_reply_is_what_the_reply_parser_reads(text: str) -> None:
 def test_the_first_reply_matches_the_reply_parser_on_any_mix(lines: list[str]) -> None:
     normalised = ReplyText(text="\n".join(lines), languages=list(_REPLY_LANGUAGES)).text
     assert _first_reply(normalised) == _by_reader(normalised)
+
+
+DASHES_MID_LINE = "see below -----Oprindelig meddelelse-----\nFra: A\nSendt: mandag"
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([*QUOTE_HEADERS, "text", "", "  ", "> quoted", "wrote:", "From: x", "-----",
+                                 "x------", DASHES_MID_LINE, "Fra: B\nTil: C"]), max_size=8))
+def test_quote_headers_are_found_where_finditer_finds_them(lines: list[str]) -> None:
+    # _quote_headers tries the expression only where a match can start; what it finds must
+    # be exactly what trying it everywhere finds.
+    text = ReplyText(text="\n".join(lines), languages=list(_REPLY_LANGUAGES)).text
+    expected = [match.span() for match in _quote_header_regex().finditer(text)]
+    assert [match.span() for match in _quote_headers(text)] == expected
+
+
+def test_a_danish_header_in_the_middle_of_a_line_is_found() -> None:
+    text = ReplyText(text=DASHES_MID_LINE, languages=list(_REPLY_LANGUAGES)).text
+    assert [match.start() for match in _quote_headers(text)] == [text.index("-----")]
+
+
+def _starts_anchored(items: list[tuple[object, object]]) -> bool:
+    """Whether every match of the parsed sequence ``items`` starts at a line start, at a
+    line break, or at five dashes (the places _quote_headers tries)."""
+    if not items:
+        return False  # an empty match could be anywhere
+    (op, av), rest = items[0], items[1:]
+    if op is sre.AT:
+        return av is sre.AT_BEGINNING
+    if op in (sre.ASSERT, sre.ASSERT_NOT):
+        return av[0] == 1 and _starts_anchored(rest)  # a lookahead consumes nothing; a lookbehind fails
+    if op is sre.LITERAL:
+        return av == ord("\n") or items[:5] == [(sre.LITERAL, ord("-"))] * 5
+    if op is sre.SUBPATTERN:
+        return _starts_anchored([*av[3], *rest])
+    if op is sre.BRANCH:
+        return all(_starts_anchored([*alternative, *rest]) for alternative in av[1])
+    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+        low, _, body = av
+        return _starts_anchored([*body, *rest]) and (low > 0 or _starts_anchored(rest))
+    return False
+
+
+def test_every_quote_header_alternative_starts_where_quote_headers_looks() -> None:
+    # If a newer mailparser_reply adds a form that can start mid-line, _match_starts must learn it.
+    regex = _quote_header_regex()
+    assert _starts_anchored(list(sre_parse.parse(regex.pattern, regex.flags)))
+    assert not _starts_anchored(list(sre_parse.parse(r"^a|b\s+wrote:", regex.flags)))
 
 
 def test_stripping_a_quote_never_runs_the_whole_reply_parser(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from maild import (agentcommands, agentnotices, articleratings, assignment, attachments, csat, entitlements, historical,
                    knowledge, mailauth, outbox, participants, replytokens, safety, senders, sla, threader)
@@ -189,8 +189,7 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     ``locked``: the inbound row, already loaded FOR UPDATE in this transaction (see
     ``lock_inbound``); otherwise it is locked and loaded here.
     """
-    inbound = locked or session.get(InboundMessage, inbound_id, with_for_update=True,
-                                    options=[defer(InboundMessage.raw)])
+    inbound = locked or session.get(InboundMessage, inbound_id, with_for_update=True)
     if inbound is None or inbound.state != RECEIVED:
         return Outcome("skipped", note="already handled by another worker")
     ctx, now = historical.view(ctx, inbound, now)  # imported mail keeps its own date
@@ -219,11 +218,10 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
 def lock_inbound(session: Session, ids: list[int]) -> dict[int, InboundMessage]:
     """Lock and load a batch's inbound rows in one statement, for ``apply(locked=...)``.
 
-    Without the raw bytes: the caller parsed them already, and they are most of the row.
     Ordered by id, so two workers never lock the same rows in opposite orders.
     """
     rows = session.scalars(select(InboundMessage).where(InboundMessage.id.in_(ids)).order_by(InboundMessage.id)
-                           .options(defer(InboundMessage.raw)).with_for_update())
+                           .with_for_update())
     return {row.id: row for row in rows}
 
 

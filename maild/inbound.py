@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from sqlalchemy import bindparam, func, or_, select, union_all, update
+from sqlalchemy import bindparam, func, insert, or_, select, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import wakeups
 from maild.db import again_on_conflict, insert_returning_ids, transaction
 from maild.errors import NotFound
-from maild.models import QUARANTINED, RECEIVED, InboundMessage
+from maild.models import QUARANTINED, RECEIVED, InboundMessage, InboundRaw
 from maild.msgids import normalise_message_id
 
 
@@ -174,6 +174,7 @@ def _store(session: Session, queue_id: int, items: list[_Item], *, source: str, 
     seen: dict[tuple[str, str], int] = _known(session, queue_id, source, items)
     found: list[tuple[int, bool]] = []  # (the stored row's id, or -1 - the index of a new row; duplicate)
     rows: list[dict[str, object]] = []
+    contents: list[bytes] = []  # each new row's bytes, for its InboundRaw row
     for item in items:
         identities = _identities(item, source)
         same = next((seen[i] for i in identities if i in seen), None)
@@ -183,12 +184,14 @@ def _store(session: Session, queue_id: int, items: list[_Item], *, source: str, 
         raw, key, digest, msgid = item
         seen.update((i, -1 - len(rows)) for i in identities)
         found.append((-1 - len(rows), False))
-        rows.append({"queue_id": queue_id, "raw": raw, "size": len(raw), "sha256": digest, "message_id": msgid,
+        rows.append({"queue_id": queue_id, "size": len(raw), "sha256": digest, "message_id": msgid,
                      "source": source, "source_key": key, "envelope_from": envelope_from, "received_at": now,
                      "source_acked": acked, "state": RECEIVED, "attempts": 0})
+        contents.append(raw)
     ids: list[int] = []
     if rows:
         ids = insert_returning_ids(session, InboundMessage, rows)
+        session.execute(insert(InboundRaw), [{"inbound_id": i, "raw": raw} for i, raw in zip(ids, contents)])
         wakeups.announce(session)
     return [Stored(ident if ident >= 0 else ids[-1 - ident], queue_id, duplicate) for ident, duplicate in found]
 
@@ -243,8 +246,9 @@ def claim(
 
 
 _CLAIMABLE = (
-    select(InboundMessage.id, InboundMessage.queue_id, InboundMessage.raw, InboundMessage.attempts,
+    select(InboundMessage.id, InboundMessage.queue_id, InboundRaw.raw, InboundMessage.attempts,
            InboundMessage.received_at)
+    .join(InboundRaw, InboundRaw.inbound_id == InboundMessage.id)
     .where(
         InboundMessage.state == RECEIVED,
         or_(InboundMessage.claimed_until.is_(None), InboundMessage.claimed_until < bindparam("now")),
@@ -252,7 +256,7 @@ _CLAIMABLE = (
     )
     .order_by(InboundMessage.id)
     .limit(bindparam("limit"))
-    .with_for_update(skip_locked=True)
+    .with_for_update(skip_locked=True, of=InboundMessage)  # the bytes are never updated
 )
 
 

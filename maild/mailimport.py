@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from maild import inbound, liveness
 from maild.cases import IntakeContext, Outcome, audit
@@ -291,7 +291,8 @@ def _claim(runner: IntakeRunner, ctx: IntakeContext, ids: list[int]) -> list[inb
     with transaction(runner.factory) as session:
         rows = session.scalars(
             select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.state == RECEIVED)
-            .order_by(InboundMessage.id).with_for_update(skip_locked=True)).all()
+            .order_by(InboundMessage.id).options(selectinload(InboundMessage.content))
+            .with_for_update(skip_locked=True)).all()
         claimed = []
         for row in rows:
             if row.attempts >= limit:

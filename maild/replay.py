@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from maild.cases import IntakeContext, find_thread, plan
 from maild.errors import MaildError, ParseError
@@ -74,7 +74,7 @@ def replay(session: Session, ctx: IntakeContext, candidate: RuleSet, *, since: d
         select(InboundMessage).where(InboundMessage.received_at >= since,
                                      InboundMessage.state.in_([PROCESSED, QUARANTINED]),
                                      (InboundMessage.outcome.is_(None)) | (InboundMessage.outcome != "duplicate"))
-        .order_by(InboundMessage.id).execution_options(yield_per=200)
+        .order_by(InboundMessage.id).options(selectinload(InboundMessage.content)).execution_options(yield_per=200)
     )
     for row in rows:
         before = _before(session, row)

@@ -197,3 +197,36 @@ def test_a_fetched_batch_is_stored_once_per_message(env: Env) -> None:
     rows = env.rows("SELECT message_id, source_key, source_acked FROM inbound_message ORDER BY id")
     assert [tuple(r) for r in rows] == [("<one@c.test>", "INBOX/1/1", False), ("<two@c.test>", "INBOX/1/11", False),
                                         (None, "INBOX/1/14", False)]
+
+
+def test_a_claim_does_not_write_the_claimed_bytes_again(env: Env) -> None:
+    # SQLite writes an updated row out whole, overflow pages and all: the bytes live in a
+    # table of their own (inbound_raw) so that claiming a row (and later marking its
+    # outcome) does not write its 20 KB to the WAL again.
+    if not env.db_url.startswith("sqlite"):
+        pytest.skip("about SQLite's page writes; PostgreSQL keeps large values out of line (TOAST) anyway")
+    import sqlite3
+    from contextlib import closing
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+
+    from maild import inbound
+    from maild.db import make_engine, make_sessionmaker
+
+    body = "A long report line that fills the page.\n" * 500  # 20 KB
+    for n in range(20):
+        env.inject(mail(subject=f"report {n}", body=body, message_id=f"<report{n}@customer.test>"))
+    path = sa.engine.make_url(env.db_url).database
+    engine = make_engine(env.db_url)
+    # Held open, so the WAL file stays (SQLite removes it when its last connection closes).
+    try:
+        with closing(sqlite3.connect(path, isolation_level=None)) as watcher:
+            watcher.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            wal = Path(f"{path}-wal")
+            assert wal.stat().st_size == 0
+            claimed = inbound.claim(make_sessionmaker(engine), now=datetime.now(UTC), lease=timedelta(minutes=5),
+                                    max_attempts=5, limit=20)
+            assert len(claimed) == 20 and all(len(item.raw) > 20_000 for item in claimed)
+            assert wal.stat().st_size < 100_000, "a claim of 20 rows wrote 400 KB of their bytes again"
+    finally:
+        engine.dispose()

@@ -43,3 +43,21 @@ def test_database_errors_in_commands_are_one_line_with_the_fix(env: Env) -> None
     result = env.cli("mailboxes", "list")
     assert result.exit_code == 1
     assert result.output.strip() == "maild: the database has no maild schema yet; run `maild db upgrade`"
+
+
+def test_the_inbound_bytes_move_between_tables_both_ways(env: Env) -> None:
+    from alembic import command
+
+    raw = b"From: a@example.test\r\nSubject: kept\r\nMessage-ID: <kept@example.test>\r\n\r\nbody \xff\r\n"
+    env.inject(raw, "--queue", "support")
+    engine = env.engine()
+    try:
+        command.downgrade(db._alembic_config(engine), "0014")
+        assert env.rows("SELECT raw FROM inbound_message") == [(raw,)]
+        assert "inbound_raw" not in sa.inspect(engine).get_table_names()
+        db.upgrade(engine)
+        assert env.rows("SELECT m.message_id, r.raw FROM inbound_message m JOIN inbound_raw r ON r.inbound_id = m.id"
+                        ) == [("<kept@example.test>", raw)]
+        assert "raw" not in {column["name"] for column in sa.inspect(engine).get_columns("inbound_message")}
+    finally:
+        engine.dispose()

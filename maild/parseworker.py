@@ -42,7 +42,7 @@ def main() -> None:
     attachments are also written to its attachment store."""
     from pathlib import Path
 
-    from maild.parsepool import parse_and_store
+    from maild.parsepool import parse_all_and_store
 
     # Ctrl-C reaches the whole process group; the daemon decides when to stop, and the
     # worker then sees its stdin close.
@@ -54,7 +54,7 @@ def main() -> None:
             raws = read_frame(stdin)
         except EOFError:
             return
-        write_frame(stdout, [parse_and_store(raw, store) for raw in raws])
+        write_frame(stdout, parse_all_and_store(raws, store))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 from datetime import UTC, datetime
@@ -54,17 +55,18 @@ def test_a_worker_parses_exactly_as_the_writer_would() -> None:
     assert isinstance(got[-1], ParseError) and str(got[-1]) == str(want[-1])
 
 
-def test_a_worker_stores_the_attachments_so_the_writer_need_not(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def with_file(n: int) -> bytes:
     from email.message import EmailMessage
 
-    from maild.attachments import load
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = f"c{n}@customer.test", "support@example.test", f"log {n}"
+    msg.set_content("See the log.\n")
+    msg.add_attachment(f"line {n}\n".encode() * 50, maintype="text", subtype="plain", filename="app.log")
+    return msg.as_bytes()
 
-    def with_file(n: int) -> bytes:
-        msg = EmailMessage()
-        msg["From"], msg["To"], msg["Subject"] = f"c{n}@customer.test", "support@example.test", f"log {n}"
-        msg.set_content("See the log.\n")
-        msg.add_attachment(f"line {n}\n".encode() * 50, maintype="text", subtype="plain", filename="app.log")
-        return msg.as_bytes()
+
+def test_a_worker_stores_the_attachments_so_the_writer_need_not(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from maild.attachments import load
 
     parser = Parser(workers=1, store=tmp_path)
     try:
@@ -77,6 +79,43 @@ def test_a_worker_stores_the_attachments_so_the_writer_need_not(tmp_path) -> Non
         assert not isinstance(parsed, ParseError)
         [att] = parsed.attachments
         assert att.sha256 is not None and load(tmp_path, att.sha256) == att.content == f"line {n}\n".encode() * 50
+
+
+def test_the_next_messages_are_parsed_while_an_attachment_is_written(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Any) -> None:
+    # Each write ends in an fsync; parsing waited for every one of them.
+    from maild import attachments, parsepool
+
+    raws = [with_file(n) for n in range(5)]
+    parsed_all = threading.Event()
+
+    def parse_counting(raw: bytes) -> Any:
+        result = parse_one(raw)
+        if raw is raws[-1]:
+            parsed_all.set()
+        return result
+
+    def slow_store(data_dir: Any, content: bytes) -> str:
+        assert parsed_all.wait(10), "parsing waited for the first attachment's write"
+        return "digest"
+
+    monkeypatch.setattr(parsepool, "parse_one", parse_counting)
+    monkeypatch.setattr(attachments, "store", slow_store)
+    got = parsepool.parse_all_and_store(raws, tmp_path)
+    assert [att.sha256 for parsed in got for att in parsed.attachments] == ["digest"] * 5
+
+
+def test_an_attachment_that_could_not_be_written_is_left_to_the_writer(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Any) -> None:
+    from maild import attachments, parsepool
+
+    def full_disk(data_dir: Any, content: bytes) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(attachments, "store", full_disk)
+    [parsed] = parsepool.parse_all_and_store([with_file(1)], tmp_path)
+    [att] = parsed.attachments
+    assert att.sha256 is None and att.content == b"line 1\n" * 50
 
 
 def test_a_small_batch_is_parsed_in_process() -> None:

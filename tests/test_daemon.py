@@ -141,3 +141,13 @@ def test_signal_handlers_take_no_lock_and_keep_every_signal_in_order() -> None:
         sys.setprofile(None)
     assert locking == []
     assert [signals.next(), signals.next(), signals.next()] == [signal.SIGHUP, signal.SIGTERM, None]
+
+
+def test_run_puts_what_start_up_built_out_of_the_collectors_sight(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))  # the real one would outlive this test
+    env.inject(mail(), "--queue", "support")
+    env.ok("run", "--once")
+    assert frozen == [True]

@@ -43,7 +43,7 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
 
     from maild import inbound
     from maild.app import load_app
-    from maild.parsepool import parse_and_store
+    from maild.parsepool import parse_all_and_store
     from maild.processing import IntakeRunner
 
     with ExitStack() as stack:
@@ -58,7 +58,7 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
                                        limit=batch, worker=runner.worker, sweep=False):
             # Attachments written to the store as a parse worker writes them (ctx.data_dir):
             # in maild run the writer never does that itself.
-            batches.append((claimed, [parse_and_store(item.raw, ctx.data_dir) for item in claimed]))
+            batches.append((claimed, parse_all_and_store([item.raw for item in claimed], ctx.data_dir)))
         statements = 0
 
         def count(*_args: object) -> None:

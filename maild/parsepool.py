@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Literal, cast
 
 from maild import attachments
 from maild.errors import ParseError
-from maild.parse import ParsedAttachment, ParsedMail, parse
+from maild.parse import ParsedMail, parse
 from maild.parseworker import read_frame, write_frame
 
 if TYPE_CHECKING:  # not imported at run time: a worker imports this module, and only the parser
@@ -56,12 +56,6 @@ def parse_one(raw: bytes) -> Parsed:
         return parse(raw)
     except ParseError as exc:
         return exc
-
-
-def parse_and_store(raw: bytes, data_dir: Path | None) -> Parsed:
-    """``parse_one``, each attachment already written to the attachment store under
-    ``data_dir`` (None: not written); see ``parse_all_and_store``."""
-    return parse_all_and_store([raw], data_dir)[0]
 
 
 def parse_all_and_store(raws: list[bytes], data_dir: Path | None) -> list[Parsed]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -131,8 +132,7 @@ def parse(raw: bytes) -> ParsedMail:
     A message that is merely odd (missing Message-ID, bad charset, missing Date,
     undecodable bytes) parses with best-effort values.
     """
-    parsed = _read(raw)
-    headers = _header_map(parsed.message)
+    parsed, headers = _read(raw)
     text, html = _bodies(parsed.text_plain, parsed.text_html)
     senders = _addresses(parsed.from_)
     return ParsedMail(
@@ -156,21 +156,28 @@ def parse(raw: bytes) -> ParsedMail:
     )
 
 
-def _read(raw: bytes) -> Any:
-    """Run mail-parser, turning "this is not mail" into ParseError."""
+def _read(raw: bytes) -> tuple[Any, Mapping[str, tuple[str, ...]]]:
+    """Run mail-parser, turning "this is not mail" into ParseError; with every header decoded.
+
+    mail-parser is handed the message without its ``Received`` headers, which it would parse
+    into hops, dates and defects maild never reads: 0.36 of its 1.0 ms a message on
+    bench/imap.py's corpus (real mail has more of them). They stay in the header map."""
     if not raw or raw.isspace():
         raise ParseError("empty input: there is no message to parse")
     try:
-        parsed = mailparser.parse_from_bytes(raw)
+        message = email.message_from_bytes(raw)  # what mailparser.parse_from_bytes starts with
+        headers = _header_map(message)
+        del message["received"]
+        parsed = mailparser.MailParser(message)
     except Exception as exc:
         # Whatever the parser trips over, the caller must get the one error it can
         # quarantine on, not a crash of the intake worker.
         reason = f"{type(exc).__name__}: {exc}"[:200]
         raise ParseError(f"unreadable message ({reason})") from exc
-    # Message.__len__ counts headers: none means the bytes had no header block.
-    if len(parsed.message) == 0:
+    # No header at all means the bytes had no header block.
+    if not headers:
         raise ParseError("no header block: the input does not start with mail headers")
-    return parsed
+    return parsed, headers
 
 
 def _header_map(message: Message) -> Mapping[str, tuple[str, ...]]:

@@ -421,6 +421,25 @@ def test_the_first_reply_matches_the_reply_parser_on_any_mix(lines: list[str]) -
     assert _first_reply(normalised) == _by_reader(normalised)
 
 
+def test_received_headers_are_kept_but_not_parsed_by_mail_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mail-parser would parse every Received header into hops, dates and defects, which maild
+    # never reads: a third of its time. It gets the message without them.
+    import mailparser.core  # type: ignore[import-untyped, unused-ignore]
+
+    seen: list[list[str]] = []
+    real = mailparser.core.receiveds_parsing
+    monkeypatch.setattr(mailparser.core, "receiveds_parsing",
+                        lambda received, **kwargs: seen.append(list(received)) or real(received, **kwargs))
+    hops = ["from mx.example.test by mail.example.test; Mon, 6 Jan 2025 10:20:00 +0000",
+            "from laptop by mx.example.test; Mon, 6 Jan 2025 10:19:58 +0000"]
+    raw = ("".join(f"Received: {hop}\r\n" for hop in hops)
+           + "From: Jane <jane@example.test>\r\nTo: support@example.test\r\nSubject: Hi\r\n\r\nHello\r\n").encode()
+    mail = parse(raw)
+    assert mail.headers["received"] == tuple(hops)
+    assert mail.subject == "Hi" and mail.text.strip() == "Hello"
+    assert seen == [[]]
+
+
 DASHES_MID_LINE = "see below -----Oprindelig meddelelse-----\nFra: A\nSendt: mandag"
 
 

@@ -4,7 +4,9 @@ parks a row whose fate is unknown after a crash instead of sending it twice."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from conftest import Env, mail
@@ -196,3 +198,73 @@ def test_a_failure_mid_batch_keeps_what_was_sent_and_parks_only_the_message_in_f
         app.engine.dispose()
     assert sorted(_states(env)) == [("sent", 1), ("sent", 1), ("unknown", 1)]
     assert len(transport.sent) == 2
+
+
+class FailsFirst(MemoryTransport):
+    """Refuses the first message (temporarily or for good), takes the rest."""
+
+    def __init__(self, failure: Exception) -> None:
+        super().__init__()
+        self.failure: Exception | None = failure
+
+    def send(self, envelope):  # type: ignore[no-untyped-def]
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            raise failure
+        super().send(envelope)
+
+
+def _activity_sent(env: Env, outbox_row: dict) -> list[bool]:  # type: ignore[type-arg]
+    case = env.json("cases", "show", outbox_row["case"])
+    return [a["sent_at"] is not None for a in case["activities"] if a["kind"] == "outgoing_email"]
+
+
+def test_each_result_is_recorded_with_the_next_rows_mark(env: Env) -> None:
+    """A retry, a failure and a send, each recorded in the commit that marks the next row
+    (on PostgreSQL one statement): the state, error, next attempt and the case's record."""
+    for failure, state in [(TemporaryFailure("451 later"), "pending"), (PermanentFailure("550 no"), "failed")]:
+        app = _queued(env, count=2)
+        clock = FakeClock()
+        try:
+            assert DispatchRunner(app.factory, FailsFirst(failure), app.config.outgoing, clock=clock).run_once() == 2
+        finally:
+            app.engine.dispose()
+        rows = sorted(env.json("outbox", "list"), key=lambda r: r["id"])[-2:]
+        assert [r["state"] for r in rows] == [state, "sent"]
+        assert str(failure) in rows[0]["last_error"] and rows[1]["last_error"] is None
+        assert [_activity_sent(env, r) for r in rows] == [[False], [True]]
+        if state == "pending":  # backed off: backoff_initial is 1 s in the test config (+-10%)
+            assert datetime.fromisoformat(rows[0]["next_attempt_at"]) > clock.now
+        env.ok("outbox", "retry", str(rows[0]["id"]))  # so the next round's rows come after these
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_sends_a_message_for_one_statement(env: Env) -> None:
+    """On PostgreSQL each send is one autocommitted statement (its mark, with the previous
+    result), not BEGIN, three statements and COMMIT."""
+    app = _queued(env, count=4)
+    statements: list[str] = []
+    commits = 0
+
+    def capture(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.startswith("SET LOCAL synchronous_commit"):  # the lazy commits' setting
+            statements.append(statement.split()[0])
+
+    def commit(conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    sa.event.listen(app.engine, "before_cursor_execute", capture)
+    sa.event.listen(app.engine, "commit", commit)
+    try:
+        assert DispatchRunner(app.factory, MemoryTransport(), app.config.outgoing, clock=FakeClock()).run_once() == 4
+    finally:
+        sa.event.remove(app.engine, "before_cursor_execute", capture)
+        sa.event.remove(app.engine, "commit", commit)
+        app.engine.dispose()
+    # Parking (1), claiming (2: SELECT ... SKIP LOCKED, UPDATE), then one per message (the
+    # first a mark alone, each other with the result before it as CTEs) and one for the last
+    # result; COMMIT only for the parking and the claim.
+    assert statements == ["UPDATE", "SELECT", "UPDATE", "UPDATE"] + ["WITH"] * 4, statements
+    assert commits == 2
+    assert [r["state"] for r in env.json("outbox", "list")] == ["sent"] * 4

@@ -170,9 +170,9 @@ class Result:
 
 def _recorded(result: Result) -> dict[str, Any]:
     """The parameters of _DONE (and _RECORD) for ``result``."""
-    sent = result.state == SENT
     return {"done_id": result.row_id, "done_state": result.state, "done_error": result.error,
-            "done_sent_at": result.at if sent else None, "done_next_at": result.at if result.state == PENDING else None}
+            "done_sent_at": result.at if result.state == SENT else None,
+            "done_next_at": result.at if result.state == PENDING else None}
 
 
 def _record(conn: Connection, result: Result) -> None:
@@ -205,10 +205,11 @@ _MARK_SENDING = update(OutboundMessage).where(_ROW, OutboundMessage.state == PEN
 ).returning(OutboundMessage.attempts, OutboundMessage.mail_from, OutboundMessage.rcpt_to, OutboundMessage.raw,
             OutboundMessage.message_id)
 # A result: sent or failed (sent_at set when sent), or pending again from next_at.
-_DONE = update(OutboundMessage).where(OutboundMessage.id == bindparam("done_id")).values(
-    state=bindparam("done_state"), last_error=bindparam("done_error"), claimed_until=None, sent_at=bindparam("done_sent_at"),
-    next_attempt_at=func.coalesce(bindparam("done_next_at", type_=DateTime(timezone=True)), OutboundMessage.next_attempt_at))
 _SENT_AT = bindparam("done_sent_at", type_=DateTime(timezone=True))
+_NEXT_AT = bindparam("done_next_at", type_=DateTime(timezone=True))
+_DONE = update(OutboundMessage).where(OutboundMessage.id == bindparam("done_id")).values(
+    state=bindparam("done_state"), last_error=bindparam("done_error"), claimed_until=None, sent_at=_SENT_AT,
+    next_attempt_at=func.coalesce(_NEXT_AT, OutboundMessage.next_attempt_at))
 _ACTIVITY_SENT = update(Activity).where(
     Activity.id == select(OutboundMessage.activity_id).where(OutboundMessage.id == bindparam("done_id"))
     .scalar_subquery()).values(sent_at=_SENT_AT)

@@ -38,14 +38,21 @@ def _durable(engine: sa.Engine, dbapi_conn: Any) -> bool:
 
 
 class Commits:
-    """Each commit's durability, in order, and what the transport saw when it was handed a message."""
+    """Each commit's durability, in order, and what the transport saw when it was handed a
+    message. A commit is a transaction's COMMIT, or a statement run in autocommit (each of
+    the dispatcher's sends on PostgreSQL), which commits by itself."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine, self.levels = engine, []  # type: list[bool]
         event.listen(engine, "commit", self._commit)
+        event.listen(engine, "after_cursor_execute", self._statement)
 
     def _commit(self, conn: sa.Connection) -> None:
         self.levels.append(_durable(self.engine, conn.connection.dbapi_connection))
+
+    def _statement(self, conn: sa.Connection, *_args: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            self._commit(conn)
 
     def take(self) -> list[bool]:
         taken, self.levels = self.levels, []

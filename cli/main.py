@@ -7,6 +7,7 @@ for a bad config, 1 for everything else.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,20 @@ class Failure(click.ClickException):
 
 
 class MaildGroup(click.Group):
+    """The commands, each imported only when it runs (or for ``--help``): an MTA runs
+    ``maild inject`` for every message, and loading every command's modules for it cost a
+    third of its imports (0.50 s against 0.33 s)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command: click.Command = importlib.import_module(f"maild.cli.{module}").command
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -71,16 +86,10 @@ def cli(ctx: click.Context, config_path: Path) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
-def _register() -> None:
-    from maild.cli import (cases, customers, db, entitlements, export, inbound, init, inject, kb, mailboxes,
-                           mailimport, outbox, queues, report, rules, run, sla, subjects)
-
-    for module in (init, db, run, inject, inbound, cases, outbox, queues, mailboxes, rules, customers, subjects,
-                   entitlements, sla, report, kb, mailimport, export):
-        cli.add_command(module.command)
-
-
-_register()
+# Command name -> its module in maild.cli, which defines it as ``command``.
+_COMMANDS = {name: name for name in ("init", "db", "run", "inject", "inbound", "cases", "outbox", "queues", "mailboxes",
+                                     "rules", "customers", "subjects", "entitlements", "sla", "report", "kb", "export")}
+_COMMANDS["import"] = "mailimport"
 
 
 def main() -> None:

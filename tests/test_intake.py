@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -106,6 +108,22 @@ def test_inject_stores_and_exits_0(env: Env) -> None:
     result = env.maild("inject", "--queue", "support", input=mail())
     assert result.returncode == 0, result.stderr
     assert b"stored as inbound 1 in queue support" in result.stdout
+    assert stored_count(env) == 1
+
+
+def test_inject_loads_no_other_commands_modules(env: Env) -> None:
+    """An MTA runs `maild inject` for every message: it imports its own command only, not
+    the rest of the command line (reports, exports, the daemon), which cost a third of its
+    start-up."""
+    shows_modules = ("import sys\nfrom maild.cli.main import main\ntry:\n    main()\nfinally:\n"
+                     "    print(' '.join(sorted(m for m in sys.modules if m.startswith('maild.'))))")
+    result = subprocess.run([sys.executable, "-c", shows_modules, "--config", str(env.config), "inject", "-q",
+                             "support"], input=mail(), capture_output=True, timeout=60, cwd=env.path)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.decode().split())
+    assert {m for m in loaded if m.startswith("maild.cli.")} == {"maild.cli.main", "maild.cli.state",
+                                                                 "maild.cli.inject"}
+    assert not loaded & {"maild.views", "maild.daemon", "maild.reports", "maild.export", "maild.cases"}
     assert stored_count(env) == 1
 
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import imap  # noqa: E402  (bench/imap.py: service_cpu)
 import intake as bench_intake  # noqa: E402  (its corpus and throw-away installation)
+import writer  # noqa: E402  (bench/writer.py: the installation, statement count and sending it shares)
 
 
 @dataclass(frozen=True)
@@ -40,42 +41,22 @@ class Run:
 
 
 def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated]) -> Run:
-    from sqlalchemy import event
-
-    from maild.app import load_app
-    from maild.dispatch import DispatchRunner
     from maild.processing import IntakeRunner
-    from maild.transport import from_config
 
     with ExitStack() as stack:
-        install = bench_intake.create_install(opts, stack, bench_intake.Deadline(opts.timeout))
-        bench_intake.store_all(install, corpus)
-        app = load_app(install.config)
-        stack.callback(app.close)
-        ctx = app.intake_context()
+        app, ctx = writer.installed(opts, corpus, stack)
         intake = IntakeRunner(app.factory, lambda: ctx, clock=app.clock)
         while intake.run_once():
             pass
         intake.close()
-        dispatch = DispatchRunner(app.factory, from_config(app.config.outgoing), app.config.outgoing,
-                                  clock=app.clock)
-        statements = 0
-
-        def count(*_args: object) -> None:
-            nonlocal statements
-            statements += 1
-
-        event.listen(app.engine, "before_cursor_execute", count)
-        sent = 0
-        server, cpu, wall = imap.service_cpu()["postgresql"], time.process_time(), time.perf_counter()
-        while n := dispatch.run_once():
-            sent += n
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        server = imap.service_cpu()["postgresql"] - server
-        event.remove(app.engine, "before_cursor_execute", count)
+        with writer.Statements(app.engine) as statements:
+            server, cpu, wall = imap.service_cpu()["postgresql"], time.process_time(), time.perf_counter()
+            sent = writer.send_all(app)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            server = imap.service_cpu()["postgresql"] - server
     if sent == 0:
         raise bench_intake.BenchError("nothing was queued to send")
-    return Run(sent, cpu / sent * 1e3, wall / sent * 1e3, server / sent * 1e3, statements / sent)
+    return Run(sent, cpu / sent * 1e3, wall / sent * 1e3, server / sent * 1e3, statements.count / sent)
 
 
 def main(argv: list[str] | None = None) -> int:

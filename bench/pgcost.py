@@ -20,13 +20,13 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import intake as bench_intake  # noqa: E402  (its corpus and throw-away installation)
+import writer  # noqa: E402  (bench/writer.py: the installation and batches it shares)
 
 
 def server_ns(conn: Any) -> int:
@@ -70,34 +70,18 @@ class Costs:
 
 
 def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated]) -> tuple[Costs, int]:
-    from maild import inbound
-    from maild.app import load_app
-    from maild.dispatch import DispatchRunner
-    from maild.parsepool import parse_all_and_store
     from maild.processing import IntakeRunner
-    from maild.transport import from_config
 
     costs = Costs()
     with ExitStack() as stack:
-        install = bench_intake.create_install(opts, stack, bench_intake.Deadline(opts.timeout))
-        bench_intake.store_all(install, corpus)
-        app = load_app(install.config)
-        stack.callback(app.close)
-        ctx = app.intake_context()
+        app, ctx = writer.installed(opts, corpus, stack)
         runner = IntakeRunner(app.factory, lambda: ctx, clock=app.clock)
-        batches = []
-        while claimed := inbound.claim(app.factory, now=app.clock(), lease=timedelta(hours=1), max_attempts=5,
-                                       limit=runner.batch, worker=runner.worker, sweep=False):
-            batches.append((claimed, parse_all_and_store([item.raw for item in claimed], ctx.data_dir)))
+        batches = writer.parsed_batches(app, ctx, runner)
         costs.watch(app.engine)
         for claimed, mails in batches:
             runner.process_batch(claimed, ctx, mails)
         runner.close()
-        dispatch = DispatchRunner(app.factory, from_config(app.config.outgoing), app.config.outgoing,
-                                  clock=app.clock)
-        sent = 0
-        while n := dispatch.run_once():
-            sent += n
+        sent = writer.send_all(app)
     return costs, sent
 
 

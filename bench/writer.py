@@ -27,10 +27,71 @@ import time
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import intake as bench_intake  # noqa: E402  (its corpus and throw-away installation)
+
+
+def installed(opts: bench_intake.Options, corpus: list[bench_intake.Generated], stack: ExitStack) -> tuple[Any, Any]:
+    """A fresh installation (closed with ``stack``) with ``corpus`` stored, loaded as
+    ``maild run`` loads it: its App and intake context. Shared with dispatch.py and pgcost.py."""
+    from maild.app import load_app
+
+    install = bench_intake.create_install(opts, stack, bench_intake.Deadline(opts.timeout))
+    bench_intake.store_all(install, corpus)
+    app = load_app(install.config)
+    stack.callback(app.close)
+    return app, app.intake_context()
+
+
+def parsed_batches(app: Any, ctx: Any, runner: Any) -> list[tuple[Any, Any]]:
+    """Every stored message claimed in ``runner``'s batches and parsed, untimed, with
+    attachments written to the store as a parse worker writes them (ctx.data_dir): in
+    ``maild run`` the writer never does that itself."""
+    from maild import inbound
+    from maild.parsepool import parse_all_and_store
+
+    batches = []
+    while claimed := inbound.claim(app.factory, now=app.clock(), lease=timedelta(hours=1), max_attempts=5,
+                                   limit=runner.batch, worker=runner.worker, sweep=False):
+        batches.append((claimed, parse_all_and_store([item.raw for item in claimed], ctx.data_dir)))
+    return batches
+
+
+class Statements:
+    """Counts the SQL statements ``engine`` sends inside the ``with`` (an executemany counts once)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.count = engine, 0
+
+    def _seen(self, *_args: object) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Statements:
+        from sqlalchemy import event
+
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+def send_all(app: Any) -> int:
+    """Run a dispatcher until the outbox is empty, as ``maild run``'s dispatch thread does
+    (to the installation's outgoing Maildir); how many it sent."""
+    from maild.dispatch import DispatchRunner
+    from maild.transport import from_config
+
+    dispatch = DispatchRunner(app.factory, from_config(app.config.outgoing), app.config.outgoing, clock=app.clock)
+    sent = 0
+    while n := dispatch.run_once():
+        sent += n
+    return sent
 
 
 def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], batch: int,
@@ -39,33 +100,12 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
     statements the writing sent (an executemany counts once). With ``calls``, the first
     figure is the function calls per message instead (Python's and C's, counted with
     ``sys.setprofile``): slow, but the same on every run of the same code."""
-    from sqlalchemy import event
-
-    from maild import inbound
-    from maild.app import load_app
-    from maild.parsepool import parse_all_and_store
     from maild.processing import IntakeRunner
 
     with ExitStack() as stack:
-        install = bench_intake.create_install(opts, stack, bench_intake.Deadline(opts.timeout))
-        bench_intake.store_all(install, corpus)
-        app = load_app(install.config)
-        stack.callback(app.close)
-        ctx = app.intake_context()
+        app, ctx = installed(opts, corpus, stack)
         runner = IntakeRunner(app.factory, lambda: ctx, clock=app.clock, batch=batch)
-        batches = []
-        while claimed := inbound.claim(app.factory, now=app.clock(), lease=timedelta(hours=1), max_attempts=5,
-                                       limit=batch, worker=runner.worker, sweep=False):
-            # Attachments written to the store as a parse worker writes them (ctx.data_dir):
-            # in maild run the writer never does that itself.
-            batches.append((claimed, parse_all_and_store([item.raw for item in claimed], ctx.data_dir)))
-        statements = 0
-
-        def count(*_args: object) -> None:
-            nonlocal statements
-            statements += 1
-
-        event.listen(app.engine, "before_cursor_execute", count)
+        batches = parsed_batches(app, ctx, runner)
         called = 0
 
         def profile(_frame: object, what: str, _arg: object) -> None:
@@ -73,16 +113,16 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], ba
             if what in ("call", "c_call"):
                 called += 1
 
-        if calls:
-            sys.setprofile(profile)
-        start = time.process_time()
-        for claimed, mails in batches:
-            runner.process_batch(claimed, ctx, mails)
-        cpu = time.process_time() - start
-        sys.setprofile(None)
-        event.remove(app.engine, "before_cursor_execute", count)
+        with Statements(app.engine) as statements:
+            if calls:
+                sys.setprofile(profile)
+            start = time.process_time()
+            for claimed, mails in batches:
+                runner.process_batch(claimed, ctx, mails)
+            cpu = time.process_time() - start
+            sys.setprofile(None)
         runner.close()
-    return (called if calls else cpu) / len(corpus), statements
+    return (called if calls else cpu) / len(corpus), statements.count
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -381,8 +381,7 @@ def transaction(factory: sessionmaker[Session], *, lazy: bool = False) -> Iterat
         session.commit()
     except OperationalError as exc:
         session.rollback()
-        if is_temporary(exc):
-            raise TemporaryFailure(f"database unavailable: {_short(exc)}") from exc
+        _raise_if_temporary(exc)
         raise
     except BaseException:
         session.rollback()
@@ -401,9 +400,13 @@ def autocommit(factory: sessionmaker[Session]) -> Iterator[Connection]:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             yield conn
     except OperationalError as exc:
-        if is_temporary(exc):
-            raise TemporaryFailure(f"database unavailable: {_short(exc)}") from exc
+        _raise_if_temporary(exc)
         raise
+
+
+def _raise_if_temporary(exc: OperationalError) -> None:
+    if is_temporary(exc):
+        raise TemporaryFailure(f"database unavailable: {_short(exc)}") from exc
 
 
 _SQLITE_TEMPORARY = ("locked", "busy", "unable to open", "disk i/o", "database or disk is full")

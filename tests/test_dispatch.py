@@ -190,8 +190,7 @@ def test_a_failure_mid_batch_keeps_what_was_sent_and_parks_only_the_message_in_f
             raise AssertionError("the transport's error reached the runner")
         assert sorted(_states(env)) == [("pending", 0), ("sending", 1), ("sent", 1)]
         [sent] = [r for r in env.json("outbox", "list") if r["state"] == "sent"]
-        case = env.json("cases", "show", sent["case"])
-        assert [a["sent_at"] is not None for a in case["activities"] if a["kind"] == "outgoing_email"] == [True]
+        assert _activity_sent(env, sent) == [True]
         clock.now += timedelta(minutes=6)
         assert runner.run_once() == 1, "the untouched row is sent later; the one in flight is parked"
     finally:

@@ -11,13 +11,18 @@ CPU (bench/imap.py's service_cpu). No network and no other process: the steadies
 for comparing two versions of the dispatcher. Alternate the versions:
 
     PYTHONPATH=/path/to/other/checkout .venv/bin/python bench/dispatch.py
-    .venv/bin/python bench/dispatch.py [--messages 1000] [--reps 3]
+    .venv/bin/python bench/dispatch.py [--messages 1000] [--reps 3] [--profile]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+``--profile`` also runs the timed loop under cProfile, counting CPU time
+(``time.process_time``), and prints the functions that took most of it themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 import time
 from contextlib import ExitStack
@@ -40,7 +45,7 @@ class Run:
     statements: float
 
 
-def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated]) -> Run:
+def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated], profile: bool = False) -> Run:
     from maild.processing import IntakeRunner
 
     with ExitStack() as stack:
@@ -51,11 +56,14 @@ def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated]) ->
         intake.close()
         with writer.Statements(app.engine) as statements:
             server, cpu, wall = imap.service_cpu()["postgresql"], time.process_time(), time.perf_counter()
-            sent = writer.send_all(app)
+            profiler = cProfile.Profile(time.process_time) if profile else None
+            sent = writer.send_all(app) if profiler is None else profiler.runcall(writer.send_all, app)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             server = imap.service_cpu()["postgresql"] - server
     if sent == 0:
         raise bench_intake.BenchError("nothing was queued to send")
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
     return Run(sent, cpu / sent * 1e3, wall / sent * 1e3, server / sent * 1e3, statements.count / sent)
 
 
@@ -65,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="fresh installations (default 3)")
     p.add_argument("--database-url", help="PostgreSQL base URL (default: SQLite in a temp dir)")
     p.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
+    p.add_argument("--profile", action="store_true", help="also profile the last repetition's CPU by function")
     a = p.parse_args(argv)
     if a.messages < 2 or a.reps < 1:
         p.error("--messages must be >= 2, --reps >= 1")
     opts = bench_intake.parse_args(["--mode", "store", "--messages", str(a.messages), "--seed", str(a.seed)]
                                    + (["--database-url", a.database_url] if a.database_url else []))
     corpus = bench_intake.generate(a.messages, opts.customers, opts.seed)
-    runs = [one_run(opts, corpus) for _ in range(a.reps)]
+    runs = [one_run(opts, corpus, profile=a.profile and k == a.reps - 1) for k in range(a.reps)]
     database = "postgresql" if a.database_url else "sqlite"
 
     def figures(values: list[float]) -> str:

@@ -8,8 +8,11 @@ and each COMMIT it reads the server process's CPU time from ``/proc/<pid>/scheds
 the server must run on this host. Prints the statements by the server CPU they took. No
 pg_stat_statements needed (it needs a server restart to load).
 
-    .venv/bin/python bench/pgcost.py [--messages 1000] [--top 25]
+    .venv/bin/python bench/pgcost.py [--messages 1000] [--top 25] [--lazy-commits]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+``--lazy-commits`` is an experiment, not a way to run maild: every connection commits with
+``synchronous_commit = off``, durable commits included, to show what durability costs.
 """
 
 from __future__ import annotations
@@ -69,12 +72,23 @@ class Costs:
         engine.dialect.do_commit = timed_commit
 
 
-def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated]) -> tuple[Costs, int]:
+def one_run(opts: bench_intake.Options, corpus: list[bench_intake.Generated],
+            lazy_commits: bool = False) -> tuple[Costs, int]:
+    from sqlalchemy import event
+
     from maild.processing import IntakeRunner
 
     costs = Costs()
     with ExitStack() as stack:
         app, ctx = writer.installed(opts, corpus, stack)
+        if lazy_commits:
+            app.engine.dispose()  # every connection from here on is a new one
+
+            @event.listens_for(app.engine, "connect")
+            def _lazy(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.execute("SET synchronous_commit = off")
+                dbapi_conn.commit()
+
         runner = IntakeRunner(app.factory, lambda: ctx, clock=app.clock)
         batches = writer.parsed_batches(app, ctx, runner)
         costs.watch(app.engine)
@@ -89,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--messages", type=int, default=1000, help="messages in the corpus (default 1000)")
     p.add_argument("--top", type=int, default=25, help="statements to list (default 25)")
+    p.add_argument("--lazy-commits", action="store_true",
+                   help="experiment: every commit with synchronous_commit = off, to show what durability costs")
     p.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
                    help="PostgreSQL base URL, a server on this host (default: the local test server)")
     a = p.parse_args(argv)
@@ -96,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--database-url must be a PostgreSQL URL (psycopg)")
     opts = bench_intake.parse_args(["--mode", "store", "--messages", str(a.messages),
                                     "--database-url", a.database_url])
-    costs, sent = one_run(opts, bench_intake.generate(a.messages, opts.customers, opts.seed))
+    costs, sent = one_run(opts, bench_intake.generate(a.messages, opts.customers, opts.seed), a.lazy_commits)
     total = sum(ns for _, ns in costs.by_statement.values())
     print(f"PostgreSQL's CPU in statements and commits: {total / 1e6:.0f} ms for {a.messages} messages "
           f"({sent} acknowledgements sent), {total / 1e3 / a.messages:.0f} µs a message")

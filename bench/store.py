@@ -31,9 +31,10 @@ import imap  # noqa: E402  (bench/imap.py: the IMAP corpus's shape)
 import intake as bench_intake  # noqa: E402  (its corpus generator and throw-away installation)
 
 
-def one_run(opts: bench_intake.Options, raws: list[bytes], chunk: int) -> tuple[float, float]:
+def one_run(opts: bench_intake.Options, raws: list[bytes], chunk: int) -> tuple[float, float, int]:
     """CPU seconds per message of storing ``raws`` in chunks on a fresh installation: the
-    poller's, and PostgreSQL's (0 on SQLite)."""
+    poller's, and PostgreSQL's (0 on SQLite); and on PostgreSQL the bytes the stored
+    messages' table takes, compressed (0 on SQLite)."""
     import sqlalchemy as sa
 
     from maild import inbound
@@ -60,7 +61,11 @@ def one_run(opts: bench_intake.Options, raws: list[bytes], chunk: int) -> tuple[
         with app.factory() as session:
             stored = session.scalar(sa.select(sa.func.count()).select_from(InboundMessage))
         assert stored == len(raws), f"{stored} stored of {len(raws)}"
-    return cpu / len(raws), server / len(raws)
+        size = 0
+        if opts.database_url:
+            with app.factory() as session:
+                size = int(session.scalar(sa.text("SELECT pg_total_relation_size('inbound_raw')")) or 0)
+    return cpu / len(raws), server / len(raws), size
 
 
 def main() -> int:
@@ -74,14 +79,15 @@ def main() -> int:
                                    + (["--database-url", a.database_url] if a.database_url else []))
     raws = [g.raw for g in bench_intake.generate(a.messages, 200, 1, shape=imap.SHAPE)]
     results = [one_run(opts, raws, a.chunk) for _ in range(a.reps)]
-    runs = [cpu * 1e6 for cpu, _ in results]
+    runs = [cpu * 1e6 for cpu, _, _ in results]
     database = "postgresql" if a.database_url else "sqlite"
     print(f"storing fetched chunks, {database}, {a.messages} messages in chunks of {a.chunk}: best {min(runs):.1f} µs "
           f"of CPU a message (runs: {', '.join(f'{x:.1f}' for x in runs)})")
     if a.database_url:
-        servers = [server * 1e6 for _, server in results]
+        servers = [server * 1e6 for _, server, _ in results]
         print(f"  PostgreSQL's CPU for them: best {min(servers):.1f} µs a message "
-              f"(runs: {', '.join(f'{x:.1f}' for x in servers)})")
+              f"(runs: {', '.join(f'{x:.1f}' for x in servers)}); the stored bytes take "
+              f"{results[-1][2] / 1e6:.1f} MB")
     return 0
 
 

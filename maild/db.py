@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration. Checked at start-up without importing alembic (it costs a tenth of
 # a second on every `maild inject`); tests/test_migrations.py keeps it equal to alembic's head.
-SCHEMA_HEAD = "0015"
+SCHEMA_HEAD = "0016"
 # The knowledge-base search index (an FTS5 table and its shadow tables on SQLite, a generated
 # tsvector column and its GIN index on PostgreSQL) is built per database by migration 0010,
 # not by the models.

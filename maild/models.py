@@ -327,6 +327,10 @@ class InboundMessage(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
     # False while the source still has to be told (IMAP: move, flag or delete the message).
     source_acked: Mapped[bool] = mapped_column(default=True, server_default=sa_true())
+    # A different message (other sender or body) under a Message-ID the queue already held:
+    # the id of the stored one. Such a message is kept under its bytes' key, message_id
+    # None, so that (queue, Message-ID) stays the key a redelivery is recognised by.
+    collides_with: Mapped[int | None]
 
     queue: Mapped[Queue] = relationship()
     # Only for a flush's order (maild sets case_id): a new case is written before rows pointing at it.
@@ -352,8 +356,10 @@ class InboundRaw(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-# Outbound states.
+# Outbound states. BOUNCED: a DSN came back for it (maild.bounces); SUPPRESSED: not sent, its
+# recipient's address bounced hard too often (Suppression).
 PENDING, SENDING, SENT, FAILED, UNKNOWN = "pending", "sending", "sent", "failed", "unknown"
+BOUNCED, SUPPRESSED = "bounced", "suppressed"
 
 
 class OutboundMessage(Base):
@@ -383,6 +389,38 @@ class OutboundMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # No relationships: rows are written as plain rows after the ORM rows they point at
     # (outbox.queue), and read by column.
+
+
+class Bounce(Base):
+    """A delivery status notification (RFC 3464) received, one row per failed recipient it
+    reports: matched to the outgoing message and case it is about, or unmatched (no case)."""
+
+    __tablename__ = "bounce"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime]
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_message.id"), index=True)
+    outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_message.id"))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    original_message_id: Mapped[str | None] = mapped_column(String(998))
+    recipient: Mapped[str | None] = mapped_column(String(320), index=True)
+    action: Mapped[str] = mapped_column(String(20))  # failed, delayed, ... (RFC 3464 Action)
+    status: Mapped[str | None] = mapped_column(String(20))  # 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    hard: Mapped[bool] = mapped_column(default=False)
+
+
+class Suppression(Base):
+    """An address maild no longer mails: it bounced hard ``[outgoing] suppress_after_bounces``
+    times. Kept after an admin lifts it (``maild bounces lift``), with who and when."""
+
+    __tablename__ = "suppression"
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    hard_bounces: Mapped[int] = mapped_column(default=0)
+    last_bounce_at: Mapped[datetime | None]
+    suppressed_at: Mapped[datetime | None]  # None: counting, or lifted
+    reason: Mapped[str | None] = mapped_column(Text)
+    lifted_at: Mapped[datetime | None]
+    lifted_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class AuditEvent(Base):

@@ -48,13 +48,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import mailparser  # type: ignore[import-untyped, unused-ignore]
 import sqlalchemy as sa
@@ -84,6 +84,7 @@ POLL_MIN_SECONDS, POLL_MAX_SECONDS = 0.05, 0.5
 def poll_interval(elapsed: float) -> float:
     return min(POLL_MAX_SECONDS, max(POLL_MIN_SECONDS, elapsed / 200))
 KIB = 1024.0
+T = TypeVar("T")
 
 
 # Options ---------------------------------------------------------------------------
@@ -360,13 +361,15 @@ class MaildRun:
 
 
 def make_install(opts: Options, account: Account, messages: int, stack: ExitStack,
-                 deadline: Deadline) -> tuple[Install, sa.Engine]:
-    """intake.py's installation (SMTP intake off, outgoing Maildir), reading ``account`` for support@."""
+                 deadline: Deadline, db_url: str | None = None) -> tuple[Install, sa.Engine]:
+    """intake.py's installation (SMTP intake off, outgoing Maildir), reading ``account`` for support@;
+    on ``db_url`` if given (see bench_intake.create_install)."""
     install_opts = bench_intake.Options(
         mode="imap", messages=messages, clients=1, customers=opts.customers, database_url=opts.database_url,
         seed=opts.seed, timeout=opts.timeout, output=None, maild=opts.maild, keep=opts.keep, profile=None,
         parse_workers=opts.parse_workers)
-    install = bench_intake.create_install(install_opts, stack, deadline, extra=account.toml(opts.batch))
+    install = bench_intake.create_install(install_opts, stack, deadline, extra=account.toml(opts.batch),
+                                          db_url=db_url)
     engine = sa.create_engine(install.db_url)
     stack.callback(engine.dispose)  # before the schema is dropped: no connection may hold it
     return install, engine
@@ -763,7 +766,8 @@ def _at(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f} s"
 
 
-def write_json(path: Path, report: Report) -> None:
+def write_json(path: Path, report: Any) -> None:
+    """``report`` (a dataclass) as JSON, floats rounded to 3 places."""
     def rounded(value: Any) -> Any:
         if isinstance(value, float):
             return round(value, 3)
@@ -798,17 +802,24 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
+def guarded(work: Callable[[], T]) -> T | None:
+    """``work()``, with SIGTERM taken as Ctrl-C; None, the reason said on stderr, when it
+    failed or was interrupted (everything it started is cleaned up by then)."""
     signal.signal(signal.SIGTERM, interrupt)
-    deadline = Deadline(opts.timeout)
     try:
-        report = benchmark(opts, deadline)
+        return work()
     except BenchError as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("bench: interrupted; cleaned up", file=sys.stderr)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    deadline = Deadline(opts.timeout)
+    report = guarded(lambda: benchmark(opts, deadline))
+    if report is None:
         return 1
     print_report(report)
     if opts.output:

@@ -523,17 +523,21 @@ def _redact(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
-def create_install(opts: Options, stack: ExitStack, deadline: Deadline, extra: str = "") -> Install:
+def create_install(opts: Options, stack: ExitStack, deadline: Deadline, extra: str = "",
+                   db_url: str | None = None) -> Install:
     """Temp dir, config, database and schema; everything is undone when ``stack`` closes.
 
     ``extra`` is TOML appended to the config (bench/imap.py adds a ``[queues.support.imap]``).
+    ``db_url``: a database the caller made and removes (a test's fixture), used as it is.
     """
     path = Path(tempfile.mkdtemp(prefix="maild-bench-"))
     if opts.keep:
         print(f"keeping the installation in {path}")
     else:
         stack.callback(shutil.rmtree, path, ignore_errors=True)
-    if opts.database_url:
+    if db_url:
+        database = sa.engine.make_url(db_url).get_backend_name()
+    elif opts.database_url:
         db_url, database = stack.enter_context(postgres_schema(opts.database_url)), "postgresql"
     else:
         db_url, database = f"sqlite:///{path / 'maild.db'}", "sqlite"

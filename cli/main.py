@@ -87,8 +87,9 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 
 
 # Command name -> its module in maild.cli, which defines it as ``command``.
-_COMMANDS = {name: name for name in ("init", "db", "run", "inject", "inbound", "cases", "outbox", "queues", "mailboxes",
-                                     "rules", "customers", "subjects", "entitlements", "sla", "report", "kb", "export")}
+_COMMANDS = {name: name for name in ("init", "db", "run", "inject", "inbound", "cases", "outbox", "bounces", "queues",
+                                     "mailboxes", "rules", "customers", "subjects", "entitlements", "sla", "report", "kb",
+                                     "export")}
 _COMMANDS["import"] = "mailimport"
 
 

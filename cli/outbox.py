@@ -1,4 +1,4 @@
-"""``maild outbox``: see what maild sends, and release failed or uncertain messages."""
+"""``maild outbox``: see what maild sends, and release failed, uncertain or suppressed messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from maild import views
 from maild.cli.state import State, pass_state, print_rows
 from maild.db import transaction
 from maild.dispatch import retry as retry_rows
-from maild.models import FAILED, PENDING, SENDING, SENT, UNKNOWN
+from maild.models import BOUNCED, FAILED, PENDING, SENDING, SENT, SUPPRESSED, UNKNOWN
 
 
 @click.group("outbox")
@@ -17,7 +17,8 @@ def command() -> None:
 
 
 @command.command("list")
-@click.option("--state", "state_filter", type=click.Choice([PENDING, SENDING, SENT, FAILED, UNKNOWN]))
+@click.option("--state", "state_filter",
+              type=click.Choice([PENDING, SENDING, SENT, FAILED, UNKNOWN, SUPPRESSED, BOUNCED]))
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
@@ -33,6 +34,9 @@ def list_(state: State, state_filter: str | None, limit: int, as_json: bool) -> 
 @click.argument("ids", type=int, nargs=-1, required=True)
 @pass_state
 def retry(state: State, ids: tuple[int, ...]) -> None:
-    """Send failed or unknown messages again (check the relay first for unknown ones)."""
+    """Send failed, unknown or suppressed messages again.
+
+    Check the relay first for unknown ones; lift a suppressed address first
+    (`maild bounces lift ADDRESS`), or its messages are suppressed again."""
     count = retry_rows(state.app.factory, list(ids), state.app.clock())
     click.echo(f"{count} message(s) queued to be sent again")

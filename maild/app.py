@@ -131,7 +131,7 @@ def required_templates(config: Config) -> list[str]:
     wanted += ["unknown_sender"] if any(q.unknown_senders == "refuse" for q in queues) else []
     wanted += ["closed_case_reply"] if any(q.on_reply_to_resolved == "keep_closed" for q in queues) else []
     wanted += ["csat_survey"] if any(q.csat for q in queues) else []
-    wanted += ["agent_command_result"] if config.agents else []
+    wanted += ["agent_command_result", "agent_not_relayed"] if config.agents else []
     wanted += sorted({r.template for r in config.reports})
     kinds = {kind for q in queues for kind in q.notify_agents}
     wanted += [f"agent_{kind}" for kind in ("new_case", "customer_reply", "assigned") if kind in kinds]

@@ -9,7 +9,7 @@ a case that was rolled back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,8 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from maild import (agentcommands, agentnotices, articleratings, assignment, attachments, csat, entitlements, historical,
-                   knowledge, mailauth, outbox, participants, replytokens, safety, senders, sla, threader)
+from maild import (agentcommands, agentnotices, articleratings, assignment, attachments, bounces, csat, entitlements,
+                   historical, knowledge, mailauth, outbox, participants, replytokens, safety, senders, sla, threader)
 from maild.businesshours import BusinessCalendar
 from maild.config import Config, QueueConfig
 from maild.disposition import AckPolicy, CaseSnapshot, Disposition, ack_refusal, decide
@@ -30,10 +30,13 @@ from maild.db import (forget_on_rollback, get_unflushed, given, hold, insert_aft
 from maild.errors import MaildError, ProcessingError
 from maild.models import (
     ACTIVE,
+    AUTO_REPLY,
+    BOUNCE,
     INCOMING_EMAIL,
     NOTE,
     OUTGOING_EMAIL,
     PROCESSED,
+    QUARANTINED,
     RECEIVED,
     RESOLVED,
     Activity,
@@ -59,6 +62,8 @@ from maild.templates import Renderer
 EXHAUSTED_TEMPLATE, EXHAUSTED_NOTICE = "entitlement_refused", "entitlement_exhausted"
 # The answer to a customer's reply to a resolved case in a queue that keeps such cases closed.
 CLOSED_TEMPLATE = "closed_case_reply"
+# To an agent whose emailed reply was kept as a note, not relayed: why, and how to send it.
+NOT_RELAYED_TEMPLATE = "agent_not_relayed"
 
 # How long a reply may wait for the message it answers to be processed first.
 PARENT_WAIT_LIMIT = timedelta(minutes=10)
@@ -139,7 +144,8 @@ class StoreLookup:
     _BY_REFERENCE = select(Case.id, Case.merged_into_id).where(Case.reference == bindparam("reference"))
     _BY_MESSAGE_IDS = (select(Activity.message_id, Activity.case_id, Case.merged_into_id)  # a query less per reply
                        .join(Case, Case.id == Activity.case_id)
-                       .where(Activity.message_id.in_(bindparam("message_ids", expanding=True))))
+                       .where(Activity.message_id.in_(bindparam("message_ids", expanding=True)))
+                       .order_by(Activity.id.desc()))  # see stored()
     _MERGED_INTO = select(Case.merged_into_id).where(Case.id == bindparam("case_id"))
 
     def case_by_reference(self, reference: str) -> int | None:
@@ -161,7 +167,11 @@ class StoreLookup:
         return found
 
     def stored(self, message_ids: list[str]) -> list[tuple[str, int, int | None]]:
-        """(Message-ID, case, the case it was merged into) for each of ``message_ids`` stored."""
+        """(Message-ID, case, the case it was merged into) for each of ``message_ids`` stored.
+
+        Newest first, so that where a Message-ID is on several cases (another message reused
+        it: broken clients, forgeries) a mapping built from the rows keeps the first mail
+        recorded under it: a collision never takes the replies to the message it copies."""
         rows: list[tuple[str, int, int | None]] = []
         for start in range(0, len(message_ids), _LOOKUP_CHUNK):  # a long References chain each adds up
             rows.extend((mid, case_id, into) for mid, case_id, into in self.session.connection().execute(
@@ -193,26 +203,96 @@ def apply(session: Session, ctx: IntakeContext, inbound_id: int, mail: ParsedMai
     if inbound is None or inbound.state != RECEIVED:
         return Outcome("skipped", note="already handled by another worker")
     ctx, now = historical.view(ctx, inbound, now)  # imported mail keeps its own date
-    duplicate = _duplicate_case(session, mail.message_id)
+    problem = safety.identity_problem(mail, lambda a: ctx.config.queue_for_address(a) is not None,
+                                      historical=ctx.historical)
+    if problem is not None:
+        return _hold(inbound, problem, now)
+    duplicate, collides = _duplicate_case(session, mail)
     if duplicate is not None:
         _finish(inbound, "duplicate", duplicate, now)
         return Outcome("duplicate", _reference(session, duplicate), note=f"Message-ID {mail.message_id} already recorded")
+    automatic = _automatic(session, ctx, inbound, mail, now)
+    if automatic is not None:
+        return automatic
     match = find_thread(session, ctx, mail)
-    if match is None:
-        parent = _parent_in_line(session, mail, inbound, now)
+    if _waits_for_parent(match):
+        parent = _parent_in_line(session, mail, inbound, now, stronger_than=match)
         if parent is not None:
             return Outcome("waiting", note=f"the message it answers, {parent}, is not processed yet")
-        if mail.in_reply_to or mail.references:
+        if match is None and (mail.in_reply_to or mail.references):
             # Under READ COMMITTED each statement sees the latest commits: another worker may
             # have committed the message it answers between the two queries above (too late
             # for the first, no longer in line for the second). Nothing it answers is in
             # line now, so a second look finds that message's case if there is one.
             match = find_thread(session, ctx, mail)
-    disposition = plan(session, ctx, mail, inbound.queue_id, match, now, received_at=inbound.received_at)
+    disposition = plan(session, ctx, mail, inbound.queue_id, match, now, received_at=inbound.received_at,
+                       envelope_from=inbound.envelope_from)
     outcome = _HANDLERS[disposition.action](session, ctx, inbound, mail, disposition, now)
     if match is not None and outcome.via is None and outcome.action != "quarantined":
         outcome = Outcome(outcome.action, outcome.reference, match.via, outcome.acknowledged, outcome.note)
+    if collides is not None:
+        note = f"Message-ID {mail.message_id} is also a different message's, on {collides}: kept as one of its own"
+        outcome = replace(outcome, note=f"{outcome.note}; {note}" if outcome.note else note)
     return outcome
+
+
+def _automatic(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+               now: datetime) -> Outcome | None:
+    """Bounces and automatic replies, which never open a case: filed on the case they are
+    about, or kept without one with the reason. None for any other mail."""
+    reason = safety.automatic_reply(mail)
+    if bounces.looks_like_bounce(mail, inbound.envelope_from) \
+            or (reason is None and safety.null_path(mail, inbound.envelope_from)):
+        return _bounce(session, ctx, inbound, mail, now)
+    queue = ctx.config.queues.get(ctx.queue_name(inbound.queue_id))
+    if reason is None or (queue is not None and queue.auto_replies == "create"):
+        return None
+    match = find_thread(session, ctx, mail)
+    if match is None:
+        _finish(inbound, "auto_reply", None, now)
+        inbound.error = f"automatic reply ({reason}) that answers no case: kept, no case opened"
+        return Outcome("auto_reply", note=inbound.error)
+    # Filed as it is: no reopening, no status change, no SLA clock, no agent notice.
+    case = get_unflushed(session, Case, match.case_id)
+    assert case is not None
+    _incoming_activity(session, ctx, case, inbound, mail, now, kind=AUTO_REPLY)
+    audit(session, case.id, f"automatic:{mail.sender_email}", "auto_reply_filed", now, inbound_id=inbound.id,
+          reason=reason)
+    _finish(inbound, "auto_reply", case.id, now)
+    return Outcome("auto_reply", case.reference, match.via, note=reason)
+
+
+def _bounce(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
+            now: datetime) -> Outcome:
+    """A delivery status notification: recorded against the mail that bounced (maild.bounces),
+    filed on its case, or kept and listed (`maild bounces list`) when it matches none."""
+    # Mail on the null path that reads as no report names nothing: kept and listed, never
+    # taken as proof that a message bounced (its In-Reply-To is anyone's to write).
+    report = bounces.parse_report(inbound.raw) or bounces.Report((), (), standard=False)
+    recorded = bounces.record(session, inbound_id=inbound.id, report=report, now=now,
+                              suppress_after=ctx.config.outgoing.suppress_after_bounces)
+    case = get_unflushed(session, Case, recorded.case_id) if recorded.case_id is not None else None
+    if case is None:
+        _finish(inbound, "bounce_unmatched", None, now)
+        inbound.error = f"bounce that matches no mail maild sent: kept ({recorded.note})"
+        return Outcome("bounce", note=inbound.error)
+    _incoming_activity(session, ctx, case, inbound, mail, now, kind=BOUNCE)
+    audit(session, case.id, "system", "bounce_received", now, inbound_id=inbound.id, outbox_id=recorded.outbound_id,
+          note=recorded.note, suppressed=list(recorded.suppressed) or None)
+    _finish(inbound, "bounce", case.id, now)
+    return Outcome("bounce", case.reference, note=recorded.note)
+
+
+def _hold(inbound: InboundMessage, reason: str, now: datetime) -> Outcome:
+    """Quarantine a message before anything is written for it: kept, with why, for review."""
+    inbound.state, inbound.error, inbound.claimed_until, inbound.processed_at = QUARANTINED, reason, None, now
+    return Outcome("quarantined", note=reason)
+
+
+def _waits_for_parent(match: threader.ThreadMatch | None) -> bool:
+    """Whether a message it answers could still change where it goes: nothing matched, or
+    only through References, where the In-Reply-To or a newer Reference may be in line."""
+    return match is None or match.via == "references"
 
 
 def lock_inbound(session: Session, ids: list[int]) -> dict[int, InboundMessage]:
@@ -234,13 +314,16 @@ def find_thread(session: Session, ctx: IntakeContext, mail: ParsedMail) -> threa
 
 
 def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, match: threader.ThreadMatch | None,
-         now: datetime, *, lock: bool = True, explain: bool = False, received_at: datetime | None = None) -> Disposition:
+         now: datetime, *, lock: bool = True, explain: bool = False, received_at: datetime | None = None,
+         envelope_from: str | None = None) -> Disposition:
     """What a message will do, from what is stored now: the decision ``apply`` carries out,
     and what ``maild rules test`` shows without writing anything (``lock=False``)."""
     snapshot = _snapshot(session, match.case_id, lock) if match else None
     agent = ctx.config.agent_for_address(mail.sender_email)
     no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses())
-    customer = customer_address(mail)
+    if no_reply is None and envelope_from is not None and not _path(envelope_from):
+        no_reply = "null return path"  # RFC 3834 §4: nobody to answer
+    customer = customer_address(mail, envelope_from)
     acks = _recent_acks(session, customer, now) if (agent is None and no_reply is None and customer) else 0
     answer, vote = _answers(session, snapshot, mail) if agent is None else (None, None)
     disposition = decide(
@@ -258,7 +341,9 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
     if agent is not None:
         return _agent_disposition(ctx, disposition, mail, match, no_reply)
     if disposition.action in ("append", "reopen", "keep_closed") and disposition.case is not None \
-            and not participants.is_participant(session, disposition.case.id, mail.sender_email):
+            and not _answers_its_mail(match) \
+            and not participants.is_participant(session, disposition.case.id, mail.sender_email,
+                                                ctx.config.cases.public_mail_domains):
         disposition = _outsider(ctx, disposition, mail, no_reply, acks, queue_id)
     # The safety checks above always ran first; rules can only add to them.
     queue = ctx.queue_name(queue_id)
@@ -276,6 +361,14 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
             return replace(disposition, action="refuse", template=EXHAUSTED_TEMPLATE,
                            reason=f"entitlement {charge.entitlement.name!r} is exhausted and refuses new cases")
     return disposition
+
+
+def _answers_its_mail(match: threader.ThreadMatch | None) -> bool:
+    """Whether the message answers (In-Reply-To, References) a message sent or received on
+    the case: whoever does was on that mail, or was handed it by someone who was (a
+    colleague the customer forwarded it to), and joins the conversation. Only a key, in the
+    subject or a reply address, proves nothing about who carries it."""
+    return match is not None and match.via in ("in-reply-to", "references")
 
 
 def _answers(session: Session, snapshot: CaseSnapshot | None, mail: ParsedMail
@@ -356,11 +449,26 @@ def _outsider(ctx: IntakeContext, d: Disposition, mail: ParsedMail, no_reply: st
                        reason=f"{reason}: a new case linked to it")
 
 
-def customer_address(mail: ParsedMail) -> str | None:
-    """Where a customer's acknowledgement goes: Reply-To if given, else From."""
-    if mail.reply_to:
-        return mail.reply_to[0].email
+def customer_address(mail: ParsedMail, envelope_from: str | None = None) -> str | None:
+    """Where an automatic answer (acknowledgement, refusal) goes: the envelope sender, as
+    RFC 3834 §4 says, and nowhere when that is the null path ``<>``.
+
+    The envelope sender is what SMTP, LMTP or ``maild inject -f`` handed over, else the
+    Return-Path the delivering server wrote (mail read over IMAP), else From. Never
+    Reply-To: anyone can write one, and an automatic answer to it would mail a third party
+    on a stranger's say-so (people's replies, an agent's, do go where the customer asks).
+    """
+    path = envelope_from if envelope_from is not None else mail.return_path
+    if path is not None:
+        return _path(path)
     return mail.sender_email
+
+
+def _path(value: str) -> str | None:
+    """A return path's address, or None for the null path ("", "<>") or one that is no address."""
+    address = value.strip().strip("<>").strip().lower()
+    local, at, domain = address.rpartition("@")
+    return address if local and at and domain else None
 
 
 def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
@@ -381,7 +489,7 @@ def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:
 # they do not flush the session, so they do not see the rows of the batch's earlier
 # messages that are still pending there (a batch is flushed once, at its end, see
 # maild.processing): their callers add those (``db.pending``).
-_DUPLICATES_OF = select(Activity.message_id, Activity.case_id).where(
+_DUPLICATES_OF = select(Activity.message_id, Activity.case_id, Activity.from_addr, Activity.text).where(
     Activity.message_id.in_(bindparam("message_ids", expanding=True)), Activity.kind == INCOMING_EMAIL)
 _AUTO_ANSWERS = (ACKNOWLEDGEMENT, REFUSAL)  # every automatic answer counts towards the limit
 _RECENT_ACKS = select(OutboundMessage.recipient, func.count()).where(
@@ -393,36 +501,56 @@ _NEXT = update(Counter).where(Counter.name == bindparam("counter")).values(value
     .returning(Counter.value)
 
 
-def _duplicate_case(session: Session, message_id: str | None) -> int | None:
-    if not message_id:
-        return None
-    for row in pending(session, Activity):  # an earlier message of this batch
-        if row.message_id == message_id and row.kind == INCOMING_EMAIL:
-            return row.case_id
-    known: dict[str, int | None] | None = session.info.get(_DUPLICATES)
-    if known is None or message_id not in known:  # not looked up with its batch, or flushed since
-        known = _stored_duplicates(session, [message_id])
-    return known[message_id]
+def _duplicate_case(session: Session, mail: ParsedMail) -> tuple[int | None, str | None]:
+    """(The case this very message was recorded on already, or None; the reference of a
+    case where a different message under its Message-ID was recorded, or None).
+
+    Only the same sender and text make a duplicate: Message-IDs collide in the wild
+    (broken clients, list software, forgeries), and a different message under a recorded
+    one's Message-ID is processed as a message of its own. A copy delivered to two queues
+    is the same message, recorded once."""
+    if not mail.message_id:
+        return None, None
+    recorded: list[_Recorded] = [(row.case_id, row.from_addr, row.text or "") for row in pending(session, Activity)
+                                 if row.message_id == mail.message_id and row.kind == INCOMING_EMAIL]
+    known: dict[str, list[_Recorded]] | None = session.info.get(_DUPLICATES)
+    if known is None or mail.message_id not in known:  # not looked up with its batch, or flushed since
+        known = _stored_duplicates(session, [mail.message_id])
+    recorded += known[mail.message_id]
+    same = next((case_id for case_id, sender, text in recorded if sender == mail.sender_email and text == mail.text),
+                None)
+    if same is not None or not recorded:
+        return same, None
+    return None, _reference(session, recorded[0][0])
 
 
-def _stored_duplicates(session: Session, message_ids: list[str]) -> dict[str, int | None]:
-    """The case each Message-ID was recorded on already, for every one of ``message_ids``."""
-    found: dict[str, int | None] = dict.fromkeys(message_ids)
+# A recorded incoming mail, as the duplicate check compares it: (case, sender, text).
+_Recorded = tuple[int, str | None, str]
+
+
+def _stored_duplicates(session: Session, message_ids: list[str]) -> dict[str, list[_Recorded]]:
+    """The incoming mail recorded already under each of ``message_ids`` (none: an empty list)."""
+    found: dict[str, list[_Recorded]] = {message_id: [] for message_id in message_ids}
     if message_ids:
-        for message_id, case_id in session.connection().execute(_DUPLICATES_OF, {"message_ids": message_ids}):
-            if message_id is not None and found.get(message_id) is None:  # any one: recorded once, as a rule
-                found[message_id] = case_id
+        for message_id, case_id, sender, text in session.connection().execute(_DUPLICATES_OF,
+                                                                             {"message_ids": message_ids}):
+            if message_id in found:
+                found[message_id].append((case_id, sender, text or ""))
     return found
 
 
-def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage, now: datetime) -> str | None:
+def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage, now: datetime,
+                    stronger_than: threader.ThreadMatch | None = None) -> str | None:
     """The Message-ID this reply answers if that message is stored but not yet processed.
 
     With several workers (or after a crash) a reply can come up before the message it
-    answers; processing it now would open a second case. Only earlier rows count, so two
-    messages can never wait for each other, and the wait has a limit.
+    answers; processing it now would open a second case, or thread it by an older
+    Reference onto another case than the one it answers. Only earlier rows count, so two
+    messages can never wait for each other, and the wait has a limit. ``stronger_than``:
+    the References match found already; only what would outrank it is waited for (the
+    In-Reply-To, and newer References).
     """
-    candidates = list(mail.in_reply_to) + list(mail.references)
+    candidates = _outranking(mail, stronger_than)
     if not candidates or inbound.received_at < now - PARENT_WAIT_LIMIT:
         return None
     with session.no_autoflush:  # see StoreLookup: the batch is written at its end
@@ -438,6 +566,14 @@ def _parent_in_line(session: Session, mail: ParsedMail, inbound: InboundMessage,
         if not isinstance(held, InboundMessage) or held.state == RECEIVED:
             return message_id
     return None
+
+
+def _outranking(mail: ParsedMail, match: threader.ThreadMatch | None) -> list[str]:
+    """The Message-IDs the threader would prefer to ``match``'s (all of them without one)."""
+    newest_first = list(reversed(mail.references))
+    if match is None:
+        return list(mail.in_reply_to) + newest_first
+    return list(mail.in_reply_to) + newest_first[:newest_first.index(match.key)]
 
 
 def _snapshot(session: Session, case_id: int, lock: bool = True) -> CaseSnapshot:
@@ -465,10 +601,33 @@ def _recent_acks(session: Session, recipient: str, now: datetime) -> int:
         # an acknowledgement that has just aged out, never miss one.
         stored = counted[1][recipient]
     else:
+        _lock_recipients(session, {recipient})
         stored = _stored_acks(session, {recipient}, since).get(recipient, 0)
     unwritten = sum(1 for row in pending_inserts(session, OutboundMessage) if row["recipient"] == recipient
                     and row["kind"] in _AUTO_ANSWERS and row["created_at"] > since)  # earlier in this batch
     return stored + unwritten
+
+
+def _lock_recipients(session: Session, recipients: set[str]) -> None:
+    """On PostgreSQL, hold a transaction-level advisory lock for each address that automatic
+    answers are counted for, until the batch commits.
+
+    The per-sender limit counts what is written; two workers counting the same sender side by
+    side would each see room for one more and both send it (measured: 6 acknowledgements in
+    an hour against a limit of 5). With the lock, the second counts after the first has
+    committed. Taken in sorted order, so two batches cannot wait on each other for them.
+    SQLite needs none: its one writer holds the whole database for the transaction."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    locked: set[str] = session.info.setdefault(_SENDER_LOCKS, set())
+    wanted = sorted(recipients - locked)
+    if wanted:
+        session.connection().execute(_LOCK_SENDERS, {"keys": wanted})
+        locked.update(wanted)
+
+
+_LOCK_SENDERS = text("SELECT count(pg_advisory_xact_lock(hashtextextended('maild.acks:' || k, 0))) "
+                     "FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS u(k, n)")
 
 
 def _stored_acks(session: Session, recipients: set[str], since: datetime) -> dict[str, int]:
@@ -504,7 +663,7 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
     policy = ctx.config.queues[ctx.queue_name(inbound.queue_id)].unknown_senders
     if d.rules is not None and d.rules.fields.account_from_domain:
         policy = "create_with_account"
-    contact = _contact_for(session, mail, now, policy)
+    contact = _contact_for(session, mail, now, policy, ctx.config.cases.public_mail_domains)
     case = _new_case(session, ctx, inbound.queue_id, contact, mail, now, d)
     hits = d.rules.matched() if d.rules else []
     activity = _incoming_activity(session, ctx, case, inbound, mail, now)
@@ -526,7 +685,7 @@ def _create(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail:
         audit(session, d.case.id, actor, "follow_up_created", now, follow_up=case.reference)
     acknowledged, note = False, d.no_ack_reason
     if d.acknowledge:
-        acknowledged, note = _acknowledge(session, ctx, case, mail, now,
+        acknowledged, note = _acknowledge(session, ctx, case, mail, now, customer_address(mail, inbound.envelope_from),
                                           suggest=d.rules.fields.suggest_articles if d.rules else 0)
     if not acknowledged:
         audit(session, case.id, "system", "acknowledgement_skipped", now, reason=note)
@@ -669,7 +828,7 @@ def _keep_closed(session: Session, ctx: IntakeContext, inbound: InboundMessage, 
     case = _case(session, d)
     _incoming_activity(session, ctx, case, inbound, mail, now)
     audit(session, case.id, f"customer:{mail.sender_email}", "reply_to_closed_case", now, inbound_id=inbound.id)
-    to_addr = customer_address(mail)
+    to_addr = customer_address(mail, inbound.envelope_from)
     answered = d.acknowledge and to_addr is not None
     if answered:
         senders.refusal(session, ctx.renderer, case.queue, mail, to_addr or "", now=now, template=CLOSED_TEMPLATE,
@@ -699,7 +858,7 @@ def _quarantine(session: Session, ctx: IntakeContext, inbound: InboundMessage, m
 
 def _refuse(session: Session, ctx: IntakeContext, inbound: InboundMessage, mail: ParsedMail,
             d: Disposition, now: datetime) -> Outcome:
-    to_addr = customer_address(mail)
+    to_addr = customer_address(mail, inbound.envelope_from)
     answered = d.acknowledge and to_addr is not None
     if answered:
         senders.refusal(session, ctx.renderer, inbound.queue, mail, to_addr or "",
@@ -715,6 +874,13 @@ def _unverified_note(session: Session, ctx: IntakeContext, inbound: InboundMessa
     case = _case(session, d)
     _note(session, ctx, case, inbound, mail, d.label or "unverified", f"unverified:{mail.sender_email}",
           d.reason or "", now, action="unverified_agent_mail")
+    if d.label == "unverified" and mail.sender_email:
+        # Told, so a reply the agent believes sent does not sit unseen as a note; never for
+        # an automatic mail (a loop) or imported history. A forgery tells the real agent.
+        notice(session, ctx, case, mail.sender_email, NOT_RELAYED_TEMPLATE,
+               {"reason": d.reason, "mail_subject": mail.subject,
+                "agent_address": ctx.reply_address(case.queue, case, replytokens.AGENT)},
+               f"Not sent to the customer: {mail.subject}", now)
     _finish(inbound, "unverified_note", case.id, now)
     return Outcome("unverified_note", case.reference, note=d.reason)
 
@@ -767,6 +933,7 @@ def prefetch(session: Session, mails: list[ParsedMail], now: datetime) -> None:
     session.info[_CONTACTS] = {email: found.get(email) for email in senders}
     recipients = {address for address in map(customer_address, mails) if address}
     since = now - timedelta(hours=1)
+    _lock_recipients(session, recipients)  # before counting: see _lock_recipients
     counts = _stored_acks(session, recipients, since)
     session.info[_ACKS] = (since, {address: counts.get(address, 0) for address in recipients})
     _prefetch_threads(session, mails)
@@ -800,13 +967,16 @@ def _contacts(session: Session, emails: set[str]) -> dict[str, Contact]:
 _CONTACTS, _ACKS, _DUPLICATES = "maild.contacts", "maild.recent_acks", "maild.duplicates"
 # Stored before the batch, and locked by it until it ends: kept through a rollback too.
 _THREADS, _LOCKED_CASES = "maild.threads", "maild.locked_cases"
+# The addresses whose automatic answers this transaction holds the advisory lock for.
+_SENDER_LOCKS = "maild.sender_locks"
 _LOOKUP_CHUNK = 500  # Message-IDs per statement
 forget_on_rollback(_CONTACTS)
 forget_on_rollback(_ACKS, on_flush=True)
 forget_on_rollback(_DUPLICATES, on_flush=True)
 
 
-def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str = "create") -> Contact:
+def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str = "create",
+                 public_domains: Collection[str] = ()) -> Contact:
     if mail.sender is None:
         raise ProcessingError("the message has no usable From address")
     email = mail.sender.email
@@ -816,9 +986,9 @@ def _contact_for(session: Session, mail: ParsedMail, now: datetime, policy: str 
     with session.no_autoflush:
         contact = known[email] if known is not None and email in known else _contacts(session, {email}).get(email)
         if contact is None:  # if another worker has made it since, the insert finds it
-            account = senders.account_for_domain(session, mail.sender_domain, now) \
+            account_id = senders.account_for_domain(session, mail.sender_domain, now, public_domains) \
                 if policy == "create_with_account" else None
-            contact = _insert_contact(session, email, mail.sender.name, now, account.id if account else None)
+            contact = _insert_contact(session, email, mail.sender.name, now, account_id)
     if known is not None:
         known[email] = contact
     if not contact.name and mail.sender.name:
@@ -976,12 +1146,12 @@ def _attachment_rows(ctx: IntakeContext, mail: ParsedMail) -> list[Attachment]:
 
 
 def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound: InboundMessage,
-                       mail: ParsedMail, now: datetime) -> Activity:
+                       mail: ParsedMail, now: datetime, kind: str = INCOMING_EMAIL) -> Activity:
     # By the case's id, known when the case is made, not by the relationship: the flush then
     # has no key to copy over and the case no collection to keep up (its Activity mapper
     # still writes cases first).
     activity = Activity(**given(
-        case_id=case.id, kind=INCOMING_EMAIL, created_at=now, message_id=mail.message_id,
+        case_id=case.id, kind=kind, created_at=now, message_id=mail.message_id,
         in_reply_to=" ".join(mail.in_reply_to) or None, references=" ".join(mail.references) or None,
         from_addr=mail.sender_email, from_name=mail.sender.name if mail.sender else None,
         to_addrs=_addresses(mail.to), cc_addrs=_addresses(mail.cc), subject=mail.subject, sent_at=mail.date,
@@ -989,7 +1159,8 @@ def _incoming_activity(session: Session, ctx: IntakeContext, case: Case, inbound
         attachments=_attachment_rows(ctx, mail),
     ))
     session.add(activity)
-    case.updated_at = now
+    if kind == INCOMING_EMAIL:  # automatic mail filed on a case is no news on it
+        case.updated_at = now
     return activity
 
 
@@ -1028,8 +1199,7 @@ def thread_headers(session: Session, case: Case) -> tuple[str | None, tuple[str,
 
 
 def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedMail,
-                 now: datetime, suggest: int = 0) -> tuple[bool, str | None]:
-    to_addr = customer_address(mail)
+                 now: datetime, to_addr: str | None, suggest: int = 0) -> tuple[bool, str | None]:
     if to_addr is None:
         return False, "no address to acknowledge"
     queue: Queue = case.queue
@@ -1042,7 +1212,7 @@ def _acknowledge(session: Session, ctx: IntakeContext, case: Case, mail: ParsedM
     })
     draft = Draft(
         kind=ACKNOWLEDGEMENT, from_name=queue.display_name, from_addr=queue.address,
-        to_name=mail.sender.name if mail.sender else "", to_addr=to_addr,
+        to_name=mail.sender.name if mail.sender and mail.sender.email == to_addr else "", to_addr=to_addr,
         subject=tag_subject(rendered.subject or f"Re: {case.title}", case.reference),
         text=rendered.text, html=rendered.html, reply_to=ctx.reply_address(queue, case), in_reply_to=mail.message_id,
         references=tuple(mail.references) + ((mail.message_id,) if mail.message_id else ()), auto_submitted=True,

@@ -151,6 +151,12 @@ class OutgoingConfig(_Model):
     backoff_initial: float = Field(default=30.0, gt=0)
     backoff_max: float = Field(default=3600.0, gt=0)
     message_id_domain: str | None = None
+    # A row left "sending" past its lease (its worker died before recording the relay's
+    # answer): "resend" sends the same bytes again, same Message-ID, within max_attempts;
+    # "hold" parks it as "unknown" for an admin (`maild outbox retry`).
+    unknown: Literal["resend", "hold"] = "resend"
+    # Hard bounces after which an address is suppressed (never mailed until lifted); 0: never.
+    suppress_after_bounces: int = Field(default=3, ge=0)
 
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=50)]
@@ -177,6 +183,18 @@ class StatusReasonsConfig(_Model):
         return self
 
 
+# Domains anyone can sign up at: an account named after one would lump strangers together.
+PUBLIC_MAIL_DOMAINS = frozenset({
+    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.fr", "live.com",
+    "live.co.uk", "msn.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "ymail.com", "icloud.com",
+    "me.com", "mac.com", "aol.com", "gmx.de", "gmx.net", "gmx.com", "web.de", "proton.me", "protonmail.com",
+    "protonmail.ch", "pm.me", "mail.com", "yandex.ru", "yandex.com", "mail.ru", "zoho.com", "fastmail.com",
+    "hey.com", "tutanota.com", "t-online.de", "orange.fr", "free.fr", "laposte.net", "sfr.fr", "libero.it",
+    "seznam.cz", "wp.pl", "btinternet.com", "comcast.net", "verizon.net", "att.net", "qq.com", "163.com",
+    "126.com", "naver.com", "rediffmail.com", "bigpond.com",
+})
+
+
 class CasesConfig(_Model):
     reference_prefix: str = "CAS"
     reopen_window_days: float = Field(default=7.0, ge=0)
@@ -186,6 +204,9 @@ class CasesConfig(_Model):
     # of the same account, an address already on its mail, or an agent): open a "new_case"
     # linked to it, or "quarantine" it for review. Never appended silently.
     unknown_participant: Literal["new_case", "quarantine"] = "new_case"
+    # Mail providers anyone can sign up at: their domain says nothing about the company, so a
+    # sender there never joins an account by domain (queues' unknown_senders).
+    public_mail_domains: tuple[Annotated[str, AfterValidator(str.lower)], ...] = tuple(sorted(PUBLIC_MAIL_DOMAINS))
     status_reasons: StatusReasonsConfig = StatusReasonsConfig()
     # Which status reasons a case may move to from a given one ("On Hold" = ["In Progress",
     # "Cancelled"]); a status name stands for all its reasons. A reason not listed may move
@@ -272,9 +293,11 @@ class QueueConfig(_Model):
     addresses: tuple[Email, ...] = Field(min_length=1)
     name: str | None = None
     acknowledge: bool = True
-    # Senders not yet in the customer records: "create" a contact, "create_with_account"
-    # (also an account for the sender's domain), or "refuse" (no case; templated answer).
-    unknown_senders: Literal["create", "create_with_account", "refuse"] = "create"
+    # Senders not yet in the customer records: "create_with_account" (a contact, filed under
+    # the account for its company domain, so colleagues count as the same customer; never
+    # for [cases] public_mail_domains), "create" (a contact without an account), or
+    # "refuse" (no case; templated answer).
+    unknown_senders: Literal["create", "create_with_account", "refuse"] = "create_with_account"
     # Who an SLA action `notify = "queue"` reaches: the people watching this queue (never the
     # queue's own address, which would come back in as a new message).
     notify: tuple[Email, ...] = ()
@@ -283,6 +306,10 @@ class QueueConfig(_Model):
     # new linked case), always open a "new_case" linked to it, or "keep_closed": file the mail
     # on the closed case and answer with the `closed_case_reply` template ("thanks!" mails).
     on_reply_to_resolved: Literal["reopen", "new_case", "keep_closed"] = "reopen"
+    # Automatic replies (out of office, vacation; RFC 3834 Auto-Submitted and vendor headers):
+    # "file" them on the case they answer, or keep them without a case, never opening one;
+    # "create": open cases from them like any mail (a queue fed by web forms or monitoring).
+    auto_replies: Literal["file", "create"] = "file"
     reopen_window_days: float | None = Field(default=None, ge=0)  # unset: [cases] reopen_window_days
     # Addresses for agents' internal notes (support-comment@): stored on the case, never relayed.
     comment_addresses: tuple[Email, ...] = ()

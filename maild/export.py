@@ -21,7 +21,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from maild.errors import NotFound
-from maild.models import (INCOMING_EMAIL, NOTE, OUTGOING_EMAIL, Activity, Case, Contact, InboundMessage,
+from maild.models import (AUTO_REPLY, BOUNCE, INCOMING_EMAIL, NOTE, OUTGOING_EMAIL, Activity, Case, Contact, InboundMessage,
                           OutboundMessage, Queue)
 
 CASE_FIELDS = ("reference", "title", "queue", "status", "status_reason", "priority", "severity", "origin",
@@ -30,7 +30,7 @@ CASE_FIELDS = ("reference", "title", "queue", "status", "status_reason", "priori
 ACTIVITY_FIELDS = ("kind", "direction", "from", "from_name", "to", "cc", "date", "sent_at", "message_id",
                    "in_reply_to", "subject", "size", "attachments")
 BODY_FIELDS = ("text", "html")
-DIRECTIONS = {INCOMING_EMAIL: "in", OUTGOING_EMAIL: "out", NOTE: "internal"}
+DIRECTIONS = {INCOMING_EMAIL: "in", OUTGOING_EMAIL: "out", NOTE: "internal", AUTO_REPLY: "in", BOUNCE: "in"}
 PAGE = 100
 
 

@@ -112,8 +112,10 @@ def reap(factory: sessionmaker[Session], presence: Presence, now: datetime) -> i
         dead = sorted(h for h in holders if not presence.alive(h))
         if not dead:
             return 0
-        # Expire rather than clear: the poison check counts expired leases, and a 'sending'
-        # row whose lease expired is parked as unknown by the dispatcher.
+        # Expire rather than clear, keeping the holder's name: an inbound row held by a dead
+        # worker is a suspect (inbound.claim), claimed alone and charged an attempt, so only
+        # the message that kills workers runs out of them; and a 'sending' row whose lease
+        # expired is parked as unknown by the dispatcher.
         n = 0
         for table, who, until in ((InboundMessage, InboundMessage.claimed_by, InboundMessage.claimed_until),
                                   (OutboundMessage, OutboundMessage.claimed_by, OutboundMessage.claimed_until),

@@ -56,6 +56,12 @@ def sent() -> None:
         _active.sent.inc()
 
 
+def resent(count: int) -> None:
+    """Messages interrupted mid-send and queued to go again (``[outgoing] unknown = "resend"``)."""
+    if _active is not None and count:
+        _active.resent.inc(count)
+
+
 def send_failed(permanent: bool) -> None:
     if _active is not None:
         _active.send_failures.labels("permanent" if permanent else "temporary").inc()

@@ -83,6 +83,9 @@ INCOMING_EMAIL, OUTGOING_EMAIL, NOTE, TASK, PHONE_CALL = (
     "task",
     "phone_call",
 )
+# Automatic mail filed on a case without acting on it: an out-of-office or other automatic
+# reply, and a delivery status notification about the case's mail (maild.bounces).
+AUTO_REPLY, BOUNCE = "auto_reply", "bounce"
 
 
 class Account(Base):

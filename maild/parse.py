@@ -95,6 +95,8 @@ class ParsedMail:
     headers: Mapping[str, tuple[str, ...]] = field(hash=False)
     content_type: str
     defects: tuple[str, ...]
+    # How many addresses the (first) From header names; ``sender`` is the first of them.
+    sender_count: int = 1
 
     def __reduce__(self) -> tuple[Any, ...]:
         # For the parser's worker processes (maild.parsepool): a mapping proxy cannot be
@@ -153,6 +155,7 @@ def parse(raw: bytes) -> ParsedMail:
         headers=headers,
         content_type=parsed.message.get_content_type().lower(),
         defects=tuple(sorted(str(name) for name in parsed.defects_categories)),
+        sender_count=len(senders),
     )
 
 

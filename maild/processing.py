@@ -105,7 +105,10 @@ class IntakeRunner(Runner):
 
     def run_once(self) -> int:
         ctx = self.context()
-        items, pending = self._ahead.popleft() if self._ahead else self._claim(ctx)
+        ahead = self._ahead.popleft() if self._ahead else None
+        # A batch claimed ahead that came back empty: the backlog was all claimed then, or
+        # its next message was a suspect, which is claimed only to be processed at once.
+        items, pending = ahead if ahead is not None and ahead[0] else self._claim(ctx)
         if self.stopping.is_set():
             self._release(items)  # hand them back rather than make them wait out the lease
             self._release_ahead()
@@ -120,9 +123,9 @@ class IntakeRunner(Runner):
 
     def _claim_ahead(self, ctx: IntakeContext) -> None:
         """Claim batches up to AHEAD, for the worker to parse while this one is written;
-        none after one that came back empty (the backlog is all claimed)."""
+        none after one that came back empty (the backlog is all claimed, or a suspect is next)."""
         while len(self._ahead) < AHEAD and (not self._ahead or self._ahead[-1][0]):
-            self._ahead.append(self._claim(ctx))
+            self._ahead.append(self._claim(ctx, suspects=False))  # a charge is for a message being processed
 
     def close(self) -> None:
         """Hand back the batches claimed ahead, and stop the parser's workers."""
@@ -130,10 +133,11 @@ class IntakeRunner(Runner):
         self.parser.close()
 
     def _release_ahead(self) -> None:
-        while self._ahead:
-            self._release(self._ahead.popleft()[0])
+        held = [item for items, _ in self._ahead for item in items]
+        self._ahead.clear()
+        self._release(held)
 
-    def _claim(self, ctx: IntakeContext) -> tuple[list[inbound.Claimed], Pending]:
+    def _claim(self, ctx: IntakeContext, suspects: bool = True) -> tuple[list[inbound.Claimed], Pending]:
         now = self.clock()
         sweep = self._swept_at is None or not self._swept_at <= now < self._swept_at + SWEEP_INTERVAL
         claimed = inbound.claim(
@@ -144,14 +148,15 @@ class IntakeRunner(Runner):
             limit=self.batch,
             worker=self.worker,
             sweep=sweep,
+            suspects=suspects,
         )
         if sweep:
             self._swept_at = now
         return claimed, self.parser.submit([item.raw for item in claimed])
 
     def _release(self, items: list[inbound.Claimed]) -> None:
-        for item in items:
-            inbound.release(self.factory, item.id)
+        if items:
+            inbound.release(self.factory, items)
 
     def process(self, item: inbound.Claimed, ctx: IntakeContext) -> Outcome:
         """Process one claimed message (a batch of one)."""
@@ -240,16 +245,19 @@ class IntakeRunner(Runner):
         return Outcome("quarantined", note=reason)
 
     def _wait(self, session: Session, item: inbound.Claimed) -> None:
+        """Give the row back until PARENT_DELAY, as ``inbound.release`` does: waiting did not
+        kill the worker, so it is no suspect and a suspect's charge is refunded."""
         row = session.get(InboundMessage, item.id)
-        if row is not None:  # waiting is not a failed attempt: the poison count must not grow
-            row.claimed_until, row.attempts = self.clock() + PARENT_DELAY, max(row.attempts - 1, 0)
+        if row is not None:
+            row.claimed_until, row.claimed_by = self.clock() + PARENT_DELAY, None
+            if item.charged:
+                row.attempts = max(row.attempts - 1, 0)
 
     def _defer(self, items: list[inbound.Claimed], delay: timedelta) -> None:
-        for item in items:
-            try:
-                inbound.release(self.factory, item.id, until=self.clock() + delay)
-            except TemporaryFailure:
-                return  # the leases run out by themselves
+        try:
+            inbound.release(self.factory, items, until=self.clock() + delay)
+        except TemporaryFailure:
+            pass  # the leases run out by themselves (and the rows are suspects then)
 
     @staticmethod
     def _log(ctx: IntakeContext, item: inbound.Claimed, mail: Parsed, outcome: Outcome) -> None:

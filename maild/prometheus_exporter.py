@@ -22,15 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from maild.db import transaction
 from maild.errors import TemporaryFailure
-from maild.models import FAILED, PENDING, QUARANTINED, RECEIVED, SENDING, UNKNOWN, InboundMessage, MailboxState, \
-    OutboundMessage
+from maild.models import FAILED, PENDING, QUARANTINED, RECEIVED, SENDING, SUPPRESSED, UNKNOWN, InboundMessage, \
+    MailboxState, OutboundMessage
 
 log = logging.getLogger("maild.metrics")
 
 # Seconds from storing a message to committing its case: intake is usually well under a
 # second; minutes mean a backlog or a message waiting for the one it answers.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-OUTBOX_STATES = (PENDING, SENDING, FAILED, UNKNOWN)  # everything but "sent", which only grows
+# Everything not sent, until an admin acts. Not "sent" or "bounced" (sent, then a bounce came
+# back): they only grow, and counting them would read more rows at every scrape.
+OUTBOX_STATES = (PENDING, SENDING, FAILED, UNKNOWN, SUPPRESSED)
 
 
 class Metrics:
@@ -52,6 +54,8 @@ class Metrics:
         self.latency = Histogram("maild_processing_latency_seconds", "From storing a message to committing "
                                  "what it did to a case", ["queue"], buckets=LATENCY_BUCKETS, registry=r)
         self.sent = Counter("maild_outbox_sent", "Outgoing messages the relay accepted", registry=r)
+        self.resent = Counter("maild_outbox_resent", "Outgoing messages interrupted mid-send (their worker "
+                              "died) and sent again with the same Message-ID", registry=r)
         self.send_failures = Counter("maild_outbox_send_failures", "Failed send attempts (temporary: retried; "
                                      "permanent: given up)", ["kind"], registry=r)
         self.poll_errors = Counter("maild_mailbox_poll_errors", "IMAP polls that failed", ["queue"], registry=r)

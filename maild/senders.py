@@ -1,18 +1,23 @@
 """Who may open a case: each queue's policy for senders the customer records do not know yet.
 
-``create`` (the default) makes a contact; ``create_with_account`` also files it under an
-account for the sender's domain (never for public mail providers, where a domain says
-nothing about the company); ``refuse`` opens no case, keeps the message marked
-``refused``, and answers with the ``unknown_sender`` template.
+``create_with_account`` (the default) makes a contact and files it under the account for
+the sender's company domain, so colleagues writing from the same company are people of the
+same customer (never for public mail providers, ``[cases] public_mail_domains``, where a
+domain says nothing about the company); ``create`` makes a contact without an account;
+``refuse`` opens no case, keeps the message marked ``refused``, and answers with the
+``unknown_sender`` template.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from collections.abc import Collection
+
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from maild.config import PUBLIC_MAIL_DOMAINS
 from maild.models import Account, Case, Contact, Queue
 from maild.outbox import REFUSAL, Draft, enqueue
 from maild.parse import ParsedMail
@@ -20,29 +25,28 @@ from maild.templates import Renderer
 
 REFUSAL_TEMPLATE = "unknown_sender"
 
-# Domains anyone can sign up at: an account named after them would lump strangers together.
-PUBLIC_MAIL_DOMAINS = frozenset({
-    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com", "yahoo.com",
-    "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com", "gmx.de", "gmx.net", "gmx.com", "web.de",
-    "proton.me", "protonmail.com", "mail.com", "yandex.ru", "yandex.com", "zoho.com", "fastmail.com",
-    "t-online.de", "orange.fr", "free.fr", "qq.com", "163.com",
-})
 
 
 def is_known(session: Session, email: str | None) -> bool:
     return bool(email) and session.scalar(select(Contact.id).where(Contact.email == email)) is not None
 
 
-def account_for_domain(session: Session, domain: str | None, now: datetime) -> Account | None:
-    """The account for a company domain, created on first sight; None for public mail domains."""
-    if not domain or domain in PUBLIC_MAIL_DOMAINS:
+def account_for_domain(session: Session, domain: str | None, now: datetime,
+                       public: Collection[str] = PUBLIC_MAIL_DOMAINS) -> int | None:
+    """The id of the account for a company domain, created on first sight; None for public
+    mail domains.
+
+    Without flushing: intake writes a batch's rows once, at its end (maild.processing), and
+    an ORM add here would write the whole batch so far. The oldest account wins where an
+    admin's import made two for one domain."""
+    if not domain or domain in public:
         return None
-    account = session.scalar(select(Account).where(Account.domain == domain).order_by(Account.id).limit(1))
-    if account is None:
-        account = Account(name=domain, domain=domain, created_at=now)
-        session.add(account)
-        session.flush()
-    return account
+    with session.no_autoflush:
+        found = session.scalar(select(Account.id).where(Account.domain == domain).order_by(Account.id).limit(1))
+        if found is None:
+            found = session.scalar(insert(Account).values(name=domain, domain=domain, created_at=now)
+                                   .returning(Account.id))
+    return found
 
 
 def refusal(session: Session, renderer: Renderer, queue: Queue, mail: ParsedMail, to_addr: str, *,

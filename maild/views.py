@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from maild import knowledge, subjects
 from maild.errors import NotFound
+from maild.inbound import header_message_id
 from maild.config import Config, ProcessConfig
 from maild.models import ACTIVE, Activity, AuditEvent, Case, InboundMessage, MailboxState, OutboundMessage, Queue
 from maild.processes import current_stage
@@ -178,6 +179,10 @@ def show_inbound(session: Session, inbound_id: int) -> tuple[dict[str, Any], byt
         "processed_at": _iso(row.processed_at),
         "case": session.scalar(select(Case.reference).where(Case.id == row.case_id)) if row.case_id else None,
     })
+    if row.collides_with is not None:
+        # Stored without its Message-ID (the stored message holds that key): the header's.
+        view["message_id"] = header_message_id(row.raw)
+        view["collision"] = f"Message-ID collides with inbound {row.collides_with}: kept as a message of its own"
     return view, row.raw
 
 

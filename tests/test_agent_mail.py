@@ -137,18 +137,18 @@ def test_dkim_pass_from_a_trusted_server_proves_the_agent(make_env) -> None:  # 
     assert case["status_reason"] == "On Hold"
     notes = [a["subject"] for a in case["activities"] if a["kind"] == "note"]
     assert len(notes) == 2 and all(n.startswith("[unverified]") for n in notes)
-    env.peer.wait_for(2)
+    env.peer.wait_for(4)  # the two notes' notices to Alice, the command's confirmation, the reply
     [relayed] = sent_to(env, "jane@customer.test")
     assert "ordered the part" in body_of(relayed)
 
 
-def test_an_agents_auto_reply_is_kept_as_a_note_and_runs_nothing(env: Env) -> None:
+def test_an_agents_auto_reply_is_filed_as_one_and_runs_nothing(env: Env) -> None:
     ref, signed = open_case(env)
     agent_reply(env, ref, signed, "#resolve Problem Solved\nI am out of office until Monday.\n",
                 **{"Auto-Submitted": "auto-replied"})
     case = env.json("cases", "show", ref)
     assert case["status"] == "Active"
-    assert [a["subject"][:11] for a in case["activities"] if a["kind"] == "note"] == ["[automatic]"]
+    assert [a["kind"] for a in case["activities"]][-1] == "auto_reply"
     env.ok("run", "--once")
     assert env.peer.received == []
 

@@ -122,10 +122,9 @@ def test_unknown_senders_refused_with_a_templated_answer_and_the_message_kept(ma
     assert first["From"].addresses[0].addr_spec == "billing@example.test"
 
 
-def test_create_with_account_files_contacts_under_their_company(make_env) -> None:  # type: ignore[no-untyped-def]
+def test_new_contacts_join_their_company_by_default(make_env) -> None:  # type: ignore[no-untyped-def]
+    """The default (unknown_senders = "create_with_account"): colleagues are one customer."""
     env: Env = make_env(ack_limit=100)
-    env.config.write_text(env.config.read_text().replace(
-        'name = "Example Support"', 'name = "Example Support"\nunknown_senders = "create_with_account"'))
     env.inject(mail(sender="a@bigco.test"))
     env.inject(mail(sender="b@bigco.test"))
     env.inject(mail(sender="someone@gmail.com"))
@@ -137,6 +136,18 @@ def test_create_with_account_files_contacts_under_their_company(make_env) -> Non
     engine.dispose()
     assert [tuple(r) for r in rows] == [("a@bigco.test", "bigco.test"), ("b@bigco.test", "bigco.test"),
                                         ("someone@gmail.com", None)]
+    assert env.count("SELECT count(*) FROM account") == 1
+
+
+def test_public_mail_domains_are_configurable(make_env) -> None:  # type: ignore[no-untyped-def]
+    env: Env = make_env(ack_limit=100)
+    env.config.write_text(env.config.read_text().replace(
+        "[cases]\n", '[cases]\npublic_mail_domains = ["Freemail.TEST"]\n'))
+    env.inject(mail(sender="a@freemail.test"))
+    env.inject(mail(sender="b@gmail.com"))  # public by default only: the list replaces the default
+    env.ok("run", "--once")
+    assert env.json("customers", "show", "a@freemail.test")["account"] is None
+    assert env.json("customers", "show", "b@gmail.com")["account"] == "gmail.com"
 
 
 def test_a_creation_rule_can_ask_for_an_account_from_the_domain(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -145,6 +156,8 @@ def test_a_creation_rule_can_ask_for_an_account_from_the_domain(make_env, tmp_pa
     (folder / "10.toml").write_text('[[creation]]\nname = "partners"\nwhen = { field = "from_domain", '
                                     'equals = "partner.test" }\nset = { account_from_domain = true }\n')
     env: Env = make_env(rules=folder.as_posix(), ack_limit=100)
+    env.config.write_text(env.config.read_text().replace(
+        'name = "Example Support"', 'name = "Example Support"\nunknown_senders = "create"'))
     env.inject(mail(sender="p@partner.test"))
     env.inject(mail(sender="x@other.test"))
     env.ok("run", "--once")

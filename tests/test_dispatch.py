@@ -1,8 +1,11 @@
-"""The dispatcher sends each outbox row at most once, backs off on temporary failures, and
-parks a row whose fate is unknown after a crash instead of sending it twice."""
+"""The dispatcher sends each outbox row once, backs off on temporary failures, sends a row
+whose fate a crash left unknown again with the same bytes (or parks it, with
+``[outgoing] unknown = "hold"``), and never mails a suppressed address."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -11,10 +14,12 @@ import sqlalchemy as sa
 
 from conftest import Env, mail
 from maild import config as config_mod
+from maild import metrics
 from maild.app import App
 from maild.dispatch import DispatchRunner, backoff
 from maild.errors import PermanentFailure, TemporaryFailure
-from maild.transport import MemoryTransport, SmtpTransport
+from maild.prometheus_exporter import Metrics
+from maild.transport import Envelope, MemoryTransport, SmtpTransport
 
 
 class FakeClock:
@@ -27,9 +32,12 @@ class FakeClock:
         return self.now
 
 
-def _queued(env: Env, count: int = 1) -> App:
+def _queued(env: Env, count: int = 1, senders: tuple[str, ...] = ()) -> App:
+    """``count`` new cases' acknowledgements in the outbox (one per sender, if given)."""
     for i in range(count):
         env.inject(mail(subject=f"case {i}"))
+    for sender in senders:
+        env.inject(mail(subject=f"from {sender}", sender=sender))
     app = App(config_mod.load(env.config))
     app.prepare()
     from maild.processing import IntakeRunner
@@ -90,20 +98,78 @@ def test_gives_up_after_max_attempts(env: Env) -> None:
     assert row["state"] == "failed" and row["attempts"] == 3 and "gave up after 3 attempts" in row["last_error"]
 
 
-def test_crash_mid_send_parks_the_row_as_unknown_and_never_resends_it(env: Env) -> None:
+@contextmanager
+def counting(app: App) -> Iterator[Metrics]:
+    """The metrics a daemon serves on /metrics, counting while the block runs."""
+    m = Metrics({}, app.factory)
+    metrics.activate(m)
+    try:
+        yield m
+    finally:
+        metrics.activate(None)
+
+
+class DiesAfterHandingOver(MemoryTransport):
+    """The relay takes the first message, then the worker dies before it can record that
+    (an error no handler expects stands in for the kill: the row stays 'sending')."""
+
+    def send(self, envelope: Envelope) -> None:
+        super().send(envelope)
+        if len(self.sent) == 1:
+            raise RuntimeError("killed")
+
+
+def test_crash_mid_send_sends_the_same_bytes_again_after_the_lease(env: Env) -> None:
+    app = _queued(env)
+    clock = FakeClock()
+    transport = DiesAfterHandingOver()
+    runner = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock)
+    try:
+        with counting(app) as m:
+            with pytest.raises(RuntimeError):
+                runner.run_once()
+            assert _states(env) == [("sending", 1)]
+            assert runner.run_once() == 0, "still leased: the worker may be alive"
+            clock.now += timedelta(minutes=6)
+            assert runner.run_once() == 1
+            assert runner.run_once() == 0, "sent once more, not again and again"
+            assert m.registry.get_sample_value("maild_outbox_resent_total") == 1
+    finally:
+        app.engine.dispose()
+    first, again = transport.sent
+    assert again == first, "the same stored bytes, so the same Message-ID"
+    [row] = env.json("outbox", "list")
+    assert f"Message-ID: {row['message_id']}".encode() in again.raw
+    assert (row["state"], row["attempts"]) == ("sent", 2), "the interrupted attempt counts"
+    assert "interrupted mid-send and sent again with the same Message-ID" in row["last_error"]
+
+
+def _interrupted(env: Env, clock: FakeClock, attempts: int = 1) -> None:
+    """A process that marked the row 'sending' and died before recording the result."""
+    engine = env.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE outbound_message SET state='sending', attempts=:n, claimed_until=:t"),
+                         {"n": attempts, "t": clock.now + timedelta(minutes=5)})
+    finally:
+        engine.dispose()
+
+
+def test_crash_mid_send_with_unknown_hold_parks_the_row_and_never_resends_it(env: Env) -> None:
     app = _queued(env)
     clock = FakeClock()
     try:
-        # Simulate a process that marked the row 'sending' and died before recording the result.
-        with env.engine().begin() as conn:
-            conn.execute(sa.text("UPDATE outbound_message SET state='sending', attempts=1, claimed_until=:t"),
-                         {"t": clock.now + timedelta(minutes=5)})
+        _interrupted(env, clock)
         transport = MemoryTransport()
-        runner = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock)
-        assert runner.run_once() == 0, "still leased: the other process may be alive"
-        clock.now += timedelta(minutes=6)
-        runner.run_once()
-        runner.run_once()
+        hold = app.config.outgoing.model_copy(update={"unknown": "hold"})
+        runner = DispatchRunner(app.factory, transport, hold, clock=clock)
+        with counting(app) as m:
+            assert runner.run_once() == 0, "still leased: the other process may be alive"
+            clock.now += timedelta(minutes=6)
+            runner.run_once()
+            runner.run_once()
+            assert m.registry.get_sample_value("maild_outbox_resent_total") == 0
+            assert m.registry.get_sample_value("maild_outbox_messages", {"state": "unknown"}) == 1
         assert transport.sent == []
         [row] = env.json("outbox", "list")
         assert row["state"] == "unknown" and "maild outbox retry" in row["last_error"]
@@ -113,6 +179,22 @@ def test_crash_mid_send_parks_the_row_as_unknown_and_never_resends_it(env: Env) 
         assert len(transport.sent) == 1
     finally:
         app.engine.dispose()
+
+
+def test_an_interrupted_row_that_used_up_its_attempts_is_parked_not_resent(env: Env) -> None:
+    """A message that kills its worker each time it is sent is not sent forever."""
+    app = _queued(env)
+    clock = FakeClock()
+    try:
+        _interrupted(env, clock, attempts=3)
+        transport = MemoryTransport()
+        three = app.config.outgoing.model_copy(update={"max_attempts": 3})
+        clock.now += timedelta(minutes=6)
+        DispatchRunner(app.factory, transport, three, clock=clock).run_once()
+    finally:
+        app.engine.dispose()
+    assert transport.sent == []
+    assert _states(env) == [("unknown", 3)]
 
 
 def test_rows_are_sent_exactly_once_by_two_dispatchers(env: Env) -> None:
@@ -164,7 +246,7 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     assert backoff(20, 30, 3600) <= 3960
 
 
-def test_a_failure_mid_batch_keeps_what_was_sent_and_parks_only_the_message_in_flight(env: Env) -> None:
+def test_a_failure_mid_batch_keeps_what_was_sent_and_resends_only_the_message_in_flight(env: Env) -> None:
     """A row's result is written with the next row's 'sending' mark; when the transport
     raises something unforeseen, the rows already sent are still recorded as sent."""
 
@@ -192,11 +274,11 @@ def test_a_failure_mid_batch_keeps_what_was_sent_and_parks_only_the_message_in_f
         [sent] = [r for r in env.json("outbox", "list") if r["state"] == "sent"]
         assert _activity_sent(env, sent) == [True]
         clock.now += timedelta(minutes=6)
-        assert runner.run_once() == 1, "the untouched row is sent later; the one in flight is parked"
+        assert runner.run_once() == 2, "the untouched row is sent later, the one in flight again"
     finally:
         app.engine.dispose()
-    assert sorted(_states(env)) == [("sent", 1), ("sent", 1), ("unknown", 1)]
-    assert len(transport.sent) == 2
+    assert sorted(_states(env)) == [("sent", 1), ("sent", 1), ("sent", 2)]
+    assert len(transport.sent) == 3
 
 
 class FailsFirst(MemoryTransport):
@@ -221,7 +303,8 @@ def _activity_sent(env: Env, outbox_row: dict) -> list[bool]:  # type: ignore[ty
 def test_each_result_is_recorded_with_the_next_rows_mark(env: Env) -> None:
     """A retry, a failure and a send, each recorded in the commit that marks the next row
     (on PostgreSQL one statement): the state, error, next attempt and the case's record."""
-    for failure, state in [(TemporaryFailure("451 later"), "pending"), (PermanentFailure("550 no"), "failed")]:
+    # The failure first: a row left pending would be due again (1 s) while the next round queues.
+    for failure, state in [(PermanentFailure("550 no"), "failed"), (TemporaryFailure("451 later"), "pending")]:
         app = _queued(env, count=2)
         clock = FakeClock()
         try:
@@ -234,7 +317,6 @@ def test_each_result_is_recorded_with_the_next_rows_mark(env: Env) -> None:
         assert [_activity_sent(env, r) for r in rows] == [[False], [True]]
         if state == "pending":  # backed off: backoff_initial is 1 s in the test config (+-10%)
             assert datetime.fromisoformat(rows[0]["next_attempt_at"]) > clock.now
-        env.ok("outbox", "retry", str(rows[0]["id"]))  # so the next round's rows come after these
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -267,3 +349,49 @@ def test_postgresql_sends_a_message_for_one_statement(env: Env) -> None:
     assert statements == ["UPDATE", "SELECT", "UPDATE", "UPDATE"] + ["WITH"] * 4, statements
     assert commits == 2
     assert [r["state"] for r in env.json("outbox", "list")] == ["sent"] * 4
+
+
+def _suppression(env: Env, sql: str, **params: Any) -> None:
+    engine = env.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql), {"now": datetime.now(timezone.utc), **params})
+    finally:
+        engine.dispose()
+
+
+def test_a_suppressed_address_is_not_mailed_until_the_suppression_is_lifted(env: Env) -> None:
+    """Suppressed when its row has suppressed_at (maild.bounces sets it after hard bounces);
+    recipients are matched whatever their case, since the address is stored lower-case."""
+    app = _queued(env, count=0, senders=("Jane Doe <Jane@Customer.test>", "Bob <bob@customer.test>"))
+    _suppression(env, "INSERT INTO suppression (email, hard_bounces, last_bounce_at, suppressed_at, reason) "
+                 "VALUES ('jane@customer.test', 3, :now, :now, '550 5.1.1 no such user')")
+    clock = FakeClock()
+    transport = MemoryTransport()
+    runner = DispatchRunner(app.factory, transport, app.config.outgoing, clock=clock)
+    try:
+        with counting(app) as m:
+            assert runner.run_once() == 2, "both handled: one sent, one suppressed"
+            assert runner.run_once() == 0
+            assert m.registry.get_sample_value("maild_outbox_messages", {"state": "suppressed"}) == 1
+        assert [e.rcpt_to for e in transport.sent] == [["bob@customer.test"]]
+        [jane] = env.json("outbox", "list", "--state", "suppressed")
+        assert jane["recipient"].lower() == "jane@customer.test" and jane["attempts"] == 0
+        assert "jane@customer.test is suppressed" in jane["last_error"]
+        assert "`maild bounces lift jane@customer.test`" in jane["last_error"]
+
+        env.ok("outbox", "retry", str(jane["id"]))  # too early: the address is still suppressed
+        clock.now = datetime.now(timezone.utc) + timedelta(seconds=1)
+        assert runner.run_once() == 1
+        assert len(transport.sent) == 1
+        assert [(r["state"], r["attempts"]) for r in env.json("outbox", "list") if r["id"] == jane["id"]] \
+            == [("suppressed", 0)]
+
+        _suppression(env, "UPDATE suppression SET suppressed_at = NULL, lifted_at = :now, lifted_by = 'admin'")
+        env.ok("outbox", "retry", str(jane["id"]))
+        clock.now = datetime.now(timezone.utc) + timedelta(seconds=1)
+        assert runner.run_once() == 1
+    finally:
+        app.engine.dispose()
+    assert [e.rcpt_to[0].lower() for e in transport.sent] == ["bob@customer.test", "jane@customer.test"]
+    assert _states(env) == [("sent", 1), ("sent", 1)]

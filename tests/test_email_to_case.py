@@ -6,12 +6,14 @@ delivered over SMTP to a real aiosmtpd peer on loopback, where the tests read it
 
 from __future__ import annotations
 
+from email import message_from_bytes
 from email.utils import getaddresses
 
 from sqlalchemy import event, insert
 from sqlalchemy.orm import Session
 
 from conftest import Env, mail
+from test_agent_mail import agent_address, body_of, sent_to
 from maild import config as config_mod
 from maild import parse
 from maild.app import App
@@ -101,7 +103,9 @@ def test_reply_with_only_references_threads_onto_earlier_customer_mail(env: Env)
     assert len(env.json("cases", "list")) == 1
 
 
-def test_auto_reply_and_bounce_get_no_acknowledgement(env: Env) -> None:
+def test_automatic_mail_opens_no_case_and_gets_no_acknowledgement(env: Env) -> None:
+    """Out-of-office replies and bounces are kept without a case, mail from maild's own
+    address is held as a loop, and list mail opens a case without an acknowledgement."""
     env.inject(mail(subject="Out of office", sender="away@customer.test",
                     headers={"Auto-Submitted": "auto-replied"}))
     bounce = mail(subject="Undelivered Mail Returned to Sender", sender="MAILER-DAEMON@mx.customer.test",
@@ -112,21 +116,17 @@ def test_auto_reply_and_bounce_get_no_acknowledgement(env: Env) -> None:
     env.inject(mail(subject="Loop", sender="billing@example.test"))
     env.ok("run", "--once")
 
-    cases = env.json("cases", "list")
-    assert len(cases) == 4, "nothing is dropped: every message is kept as a case"
+    [case] = env.json("cases", "list")
+    assert case["customer_email"] == "news@list.test"
     assert env.json("outbox", "list") == []
     assert env.peer.received == []
-    reasons = {
-        c["customer_email"]: [e for e in env.json("cases", "show", c["reference"])["audit"]
-                              if e["action"] == "acknowledgement_skipped"][0]["details"]["reason"]
-        for c in cases
-    }
-    assert reasons == {
-        "away@customer.test": "auto-submitted",
-        "mailer-daemon@mx.customer.test": "bounce",
-        "news@list.test": "precedence",
-        "billing@example.test": "own-address",
-    }
+    skipped = [e for e in env.json("cases", "show", case["reference"])["audit"] if e["action"] == "acknowledgement_skipped"]
+    assert skipped[0]["details"]["reason"] == "precedence"
+    outcomes = {message_from_bytes(bytes(raw))["Subject"]: (state, outcome) for raw, state, outcome in env.rows(
+        "SELECT r.raw, m.state, m.outcome FROM inbound_message m JOIN inbound_raw r ON r.inbound_id = m.id")}
+    assert outcomes == {"Out of office": ("processed", "auto_reply"), "Newsletter": ("processed", "created"),
+                        "Undelivered Mail Returned to Sender": ("processed", "bounce_unmatched"),
+                        "Loop": ("quarantined", None)}
 
 
 def test_acknowledgements_are_rate_limited_per_sender(make_env) -> None:  # type: ignore[no-untyped-def]
@@ -176,16 +176,17 @@ def test_one_batch_sees_what_its_earlier_messages_made(env: Env) -> None:
 
 
 def test_one_batch_knows_who_is_on_a_case_its_earlier_messages_made(env: Env) -> None:
-    """Bob was copied on the message that opened the case, in the same batch: his answer
-    threads onto it, as it would a batch later; Eve, on no mail of the case, does not."""
-    env.inject(mail(message_id="<opened@customer.test>", headers={"Cc": "Bob <Bob@Customer.test>"}))
-    for who in ("Bob <bob@customer.test>", "Eve <eve@elsewhere.test>"):
-        env.inject(mail(subject="Re: Printer on fire", sender=who, body="Me too.\n",
-                        headers={"In-Reply-To": "<opened@customer.test>"}))
+    """Bob was copied on the customer's reply, in the same batch: his mail carrying only the
+    case's key threads onto it, as it would a batch later; Eve, on no mail of the case, does not."""
+    env.inject(mail(message_id="<opened@customer.test>"))
+    env.ok("run", "--once")
+    ref = _only_case(env)["reference"]
+    env.inject(mail(subject=f"Re: [{ref}] Printer on fire", headers={"Cc": "Bob <Bob@Partner.test>"}))
+    for who in ("Bob <bob@partner.test>", "Eve <eve@elsewhere.test>"):
+        env.inject(mail(subject=f"Re: [{ref}] Printer on fire", sender=who, body="Me too.\n"))
     env.ok("run", "--once")  # the three in one batch
     outcomes = [r["outcome"] for r in sorted(env.json("inbound", "list"), key=lambda r: r["id"])]
-    assert outcomes[:2] == ["created", "threaded"]
-    assert outcomes[2] != "threaded"
+    assert outcomes == ["created", "threaded", "threaded", "follow_up"]
 
 
 def test_a_batch_is_written_in_one_flush(env: Env) -> None:
@@ -358,7 +359,9 @@ def test_a_forged_agent_reply_is_kept_as_an_unverified_note_and_not_relayed(env:
         env.inject(mail(subject=f"Re: [{ref}] refund approved", sender="Alice Agent <alice@example.test>",
                         body="Refund of 5000 EUR approved, send your bank details.\n", to=to))
     env.ok("run", "--once")
-    assert len(env.peer.received) == 1, "nothing relayed to the customer"
+    assert len(sent_to(env, "jane@customer.test")) == 1, "nothing relayed to the customer"
+    told = sent_to(env, "alice@example.test")  # each time: why, and the address that relays
+    assert len(told) == 3 and all(agent_address(env, ref) in body_of(m) for m in told)
     shown = env.json("cases", "show", ref)
     notes = [a for a in shown["activities"] if a["kind"] == "note"]
     assert len(notes) == 3 and all(n["subject"].startswith("[unverified]") for n in notes)

@@ -42,10 +42,11 @@ def test_on_sqlite_every_other_holder_is_dead(make_env) -> None:  # type: ignore
         assert set(_held(env).values()) == {"gone:1", "me:2"}
         assert reap(app.factory, SoleProcess("me:2"), utcnow()) == 1
         assert set(_held(env).values()) == {"me:2"}
-        # The freed message is claimable again, and its attempt still counts towards poison.
+        # The freed message is claimable again, and its worker's death counts towards poison:
+        # it is a suspect, claimed alone and charged an attempt (its first claim charged none).
         again = inbound.claim(app.factory, now=utcnow() + timedelta(seconds=1), lease=timedelta(minutes=5),
                               max_attempts=5, worker="me:2")
-        assert [(c.id, c.attempts) for c in again] == [(first.id, 2)]
+        assert [(c.id, c.attempts, c.charged) for c in again] == [(first.id, 1, True)]
     finally:
         app.close()
 

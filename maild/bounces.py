@@ -30,6 +30,7 @@ from maild.errors import NotFound
 from maild.models import (BOUNCED, SENDING, SENT, SUPPRESSED, UNKNOWN, Activity, Bounce, Case, OutboundMessage,
                           Suppression)
 from maild.msgids import normalise_message_id, split_message_ids
+from maild.safety import daemon_sender, null_path, return_path
 
 if TYPE_CHECKING:
     from maild.parse import ParsedMail  # only a type: the CLI's listings need not import the parser
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Lifted", "Recipient", "Recorded", "Report", "lift", "list_bounces", "list_suppressed",
            "looks_like_bounce", "parse_report", "record"]
 
-_DAEMON_MAILBOXES = frozenset({"mailer-daemon", "postmaster"})
-_NULL_PATHS = frozenset({"", "<>"})
 _STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})  # RFC 3464, RFC 6533
 _RETURNED_TYPES = frozenset({"message/rfc822", "message/global", "text/rfc822-headers", "message/rfc822-headers",
                              "message/global-headers"})
@@ -132,10 +131,9 @@ def looks_like_bounce(mail: ParsedMail, envelope_from: str | None = None) -> boo
     """
     if mail.content_type == "multipart/report" and _report_type(mail.header("content-type") or "") == "delivery-status":
         return True
-    if not _is_daemon(mail.sender_email or ""):
+    if not daemon_sender(mail.sender_email):
         return False
-    path = envelope_from if envelope_from is not None else mail.return_path
-    return path is None or path.strip() in _NULL_PATHS
+    return return_path(mail, envelope_from) is None or null_path(mail, envelope_from)
 
 
 def parse_report(raw: bytes) -> Report | None:
@@ -151,7 +149,7 @@ def parse_report(raw: bytes) -> Report | None:
     """
     try:
         message = email.message_from_bytes(raw, policy=compat32)
-        if not (_is_report(message) or _is_daemon(_from_address(message))):
+        if not (_is_report(message) or daemon_sender(_from_address(message))):
             return None
     except Exception:  # noqa: BLE001
         # The stdlib parser has no limits (nesting deep enough exhausts the stack); intake
@@ -172,11 +170,6 @@ def _report_type(content_type: str) -> str | None:
 def _is_report(message: Message) -> bool:
     return message.get_content_type() == "multipart/report" and \
         _report_type(_header(message, "content-type") or "") == "delivery-status"
-
-
-def _is_daemon(address: str) -> bool:
-    local_part = address.rpartition("@")[0] if "@" in address else address
-    return local_part.strip().lower() in _DAEMON_MAILBOXES
 
 
 def _from_address(message: Message) -> str:

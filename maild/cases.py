@@ -320,9 +320,7 @@ def plan(session: Session, ctx: IntakeContext, mail: ParsedMail, queue_id: int, 
     and what ``maild rules test`` shows without writing anything (``lock=False``)."""
     snapshot = _snapshot(session, match.case_id, lock) if match else None
     agent = ctx.config.agent_for_address(mail.sender_email)
-    no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses())
-    if no_reply is None and envelope_from is not None and not _path(envelope_from):
-        no_reply = "null return path"  # RFC 3834 §4: nobody to answer
+    no_reply = safety.no_reply_reason(mail, ctx.config.own_addresses(), envelope_from)
     customer = customer_address(mail, envelope_from)
     acks = _recent_acks(session, customer, now) if (agent is None and no_reply is None and customer) else 0
     answer, vote = _answers(session, snapshot, mail) if agent is None else (None, None)
@@ -458,17 +456,8 @@ def customer_address(mail: ParsedMail, envelope_from: str | None = None) -> str 
     Reply-To: anyone can write one, and an automatic answer to it would mail a third party
     on a stranger's say-so (people's replies, an agent's, do go where the customer asks).
     """
-    path = envelope_from if envelope_from is not None else mail.return_path
-    if path is not None:
-        return _path(path)
-    return mail.sender_email
-
-
-def _path(value: str) -> str | None:
-    """A return path's address, or None for the null path ("", "<>") or one that is no address."""
-    address = value.strip().strip("<>").strip().lower()
-    local, at, domain = address.rpartition("@")
-    return address if local and at and domain else None
+    path = safety.return_path(mail, envelope_from)
+    return safety.path_address(path) if path is not None else mail.sender_email
 
 
 def _policy(ctx: IntakeContext, queue_id: int) -> AckPolicy:

@@ -100,10 +100,9 @@ class DispatchRunner(Runner):
                 return [], 0
             leased = conn.execute(_LEASE, {"ids": ids, "until": now + LEASE, "worker": self.worker}).all()
         skipped = {row.id for row in leased if row.state == SUPPRESSED}
-        for row in leased:
-            if row.id in skipped:
-                log.warning("outbox %d %s: not sent: %s is suppressed (`maild bounces lift` to mail it again)",
-                            row.id, row.message_id, row.recipient)
+        for row in (row for row in leased if row.id in skipped):
+            log.warning("outbox %d %s: not sent: %s is suppressed (`maild bounces lift` to mail it again)",
+                        row.id, row.message_id, row.recipient)
         return [i for i in ids if i not in skipped], len(skipped)  # RETURNING's order is not the claim's
 
     def _send_one(self, row_id: int) -> Result | None:

@@ -10,9 +10,8 @@ domain says nothing about the company); ``create`` makes a contact without an ac
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from collections.abc import Collection
+from datetime import datetime
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -24,7 +23,6 @@ from maild.parse import ParsedMail
 from maild.templates import Renderer
 
 REFUSAL_TEMPLATE = "unknown_sender"
-
 
 
 def is_known(session: Session, email: str | None) -> bool:

@@ -407,7 +407,9 @@ def test_an_agent_reply_to_the_plain_queue_address_is_an_unverified_note(env: En
     case = open_case(env)
     row = deliver(env, CLIENTS[client](case.ack, sender=AGENT, to=QUEUE, text=AGENT_TEXT))
     assert row["outcome"] == "unverified_note"
-    assert len(env.peer.received) == 1, "nothing is relayed to the customer"
+    env.peer.wait_for(2)  # the acknowledgement, and the agent's notice that it was not relayed
+    assert [m.rcpt_tos for m in env.peer.received] == [["jane@customer.test"], ["alice@example.test"]], \
+        "nothing is relayed to the customer; the agent is told"
     shown = env.json("cases", "show", case.reference)
     note = shown["activities"][-1]
     assert note["kind"] == "note" and note["subject"].startswith("[unverified]")
@@ -472,4 +474,6 @@ def test_the_customer_cannot_pass_as_the_agent_through_her_own_signed_address(en
     row = deliver(env, forged)
     assert row["outcome"] == "unverified_note", "kept as a note: her own address proves no agent"
     assert env.json("cases", "show", case.reference)["status"] == "Active"
-    assert len(env.peer.received) == 1, "nothing relayed"
+    env.peer.wait_for(2)  # the acknowledgement, and the notice to the agent the mail claims to be from
+    assert [m.rcpt_tos for m in env.peer.received] == [["jane@customer.test"], ["alice@example.test"]], \
+        "nothing relayed"
